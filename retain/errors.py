@@ -1,0 +1,21 @@
+"""Errors that users cause and can fix: the CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, env id, dataset, checkpoint, run directory).
+
+    The message names the problem; ``fix`` names what to do about it.
+    """
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} — {fix}" if fix else problem)
+
+
+class ConfigError(UserError):
+    """A config value or override that cannot work."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, incomplete, corrupt, or does not fit the model."""

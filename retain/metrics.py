@@ -1,0 +1,141 @@
+"""Continual-learning metrics over a results matrix, shared by RL tasks and text domains.
+
+``R[i, j]`` is the score on task j after training on task i; ``initial[j]`` the score before the
+sequence starts. With ``higher_is_better=False`` (losses, perplexity) every difference is oriented
+so that positive forgetting means worse. Definitions follow Continual World (Wołczyk et al. 2021),
+Chaudhry et al. 2018 (max forgetting) and Lopez-Paz & Ranzato 2017 (backward/forward transfer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+METRIC_KEYS = ("average", "plasticity", "forgetting", "max_forgetting", "backward_transfer", "forward_transfer")
+
+
+def _as_matrix(R) -> np.ndarray:
+    R = np.asarray(R, dtype=np.float64)
+    if R.ndim != 2 or R.shape[0] != R.shape[1]:
+        raise ValueError(f"results matrix must be square T×T, got shape {R.shape}")
+    if R.shape[0] < 1:
+        raise ValueError("results matrix is empty: a sequence needs at least one task")
+    if not np.all(np.isfinite(R)):
+        raise ValueError("results matrix holds NaN or inf: every task must be evaluated after every task")
+    return R
+
+
+def _as_initial(initial, T: int) -> np.ndarray | None:
+    if initial is None:
+        return None
+    initial = np.asarray(initial, dtype=np.float64)
+    if initial.shape != (T,):
+        raise ValueError(f"initial scores must have one value per task ({T}), got shape {initial.shape}")
+    if not np.all(np.isfinite(initial)):
+        raise ValueError("initial scores hold NaN or inf")
+    return initial
+
+
+def continual_metrics(R, initial=None, higher_is_better: bool = True) -> dict:
+    """All continual metrics of one run. Keys are ``METRIC_KEYS`` plus ``per_task``.
+
+    Metrics that need at least two tasks (forgetting, transfer) are None for T=1; forward
+    transfer is None without ``initial``.
+    """
+    R = _as_matrix(R)
+    T = R.shape[0]
+    initial = _as_initial(initial, T)
+    sign = 1.0 if higher_is_better else -1.0
+    last = R[T - 1]
+    diag = np.diag(R)
+
+    # Per task: how much worse the final score is than right after learning it (positive = forgot).
+    forgetting_j = sign * (diag - last)
+    # Worst drop from the best score seen after learning the task (Chaudhry et al.).
+    max_forgetting_j = np.array(
+        [sign * (R[j : T - 1, j].max() - last[j]) if higher_is_better else sign * (R[j : T - 1, j].min() - last[j]) for j in range(T)]
+    )
+    forward_j = None
+    if initial is not None and T > 1:
+        forward_j = [None] + [float(sign * (R[j - 1, j] - initial[j])) for j in range(1, T)]
+
+    def mean_or_none(values):
+        return float(np.mean(values)) if len(values) else None
+
+    return {
+        "average": float(last.mean()),
+        "plasticity": float(diag.mean()),
+        "forgetting": mean_or_none(forgetting_j[: T - 1]),
+        "max_forgetting": mean_or_none(max_forgetting_j[: T - 1]),
+        "backward_transfer": mean_or_none(-forgetting_j[: T - 1]),
+        "forward_transfer": mean_or_none([f for f in forward_j if f is not None]) if forward_j else None,
+        "per_task": {
+            "final": last.tolist(),
+            "just_after": diag.tolist(),
+            "forgetting": [float(f) for f in forgetting_j[: T - 1]] + [None],
+            "max_forgetting": [float(f) for f in max_forgetting_j[: T - 1]] + [None],
+            "forward_transfer": forward_j,
+        },
+    }
+
+
+def _auc(curve) -> float:
+    curve = np.asarray(curve, dtype=np.float64)
+    if curve.ndim != 1 or curve.size == 0:
+        raise ValueError("a learning curve must be a non-empty 1-D sequence of scores")
+    return float(curve.mean())
+
+
+def auc_forward_transfer(curves: Sequence[Sequence[float]], reference_curves: Sequence[Sequence[float]]) -> float:
+    """Continual World's forward transfer: mean_j (AUC_j − AUC_ref_j) / (1 − AUC_ref_j).
+
+    ``curves[j]`` are task j's scores (in [0, 1], e.g. success) over its own training window in
+    the continual run; ``reference_curves[j]`` the same for a model trained on task j alone.
+    AUC is the mean of the curve. A task whose reference already reaches AUC 1 is skipped.
+    """
+    if len(curves) != len(reference_curves) or not len(curves):
+        raise ValueError(f"need one reference curve per task: got {len(curves)} curves, {len(reference_curves)} references")
+    values = []
+    for curve, ref in zip(curves, reference_curves):
+        auc, auc_ref = _auc(curve), _auc(ref)
+        if not (0.0 <= auc <= 1.0 and 0.0 <= auc_ref <= 1.0):
+            raise ValueError("AUC forward transfer needs scores in [0, 1] (success rates)")
+        if auc_ref < 1.0:
+            values.append((auc - auc_ref) / (1.0 - auc_ref))
+    return float(np.mean(values)) if values else 0.0
+
+
+def bootstrap_ci(values: Sequence[float], confidence: float = 0.9, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (Continual World reports 90%)."""
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if values.size == 0:
+        return (math.nan, math.nan)
+    if values.size == 1:
+        return (float(values[0]), float(values[0]))
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(n_resamples, values.size), replace=True).mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))
+
+
+def aggregate_seeds(per_seed: Sequence[dict], confidence: float = 0.9) -> dict:
+    """Mean and bootstrap CI of each scalar metric over runs that differ only by seed.
+
+    ``per_seed`` are ``continual_metrics`` outputs; returns ``{key: {"mean", "ci_low", "ci_high", "n"}}``
+    (mean None when no seed defines the metric).
+    """
+    if not per_seed:
+        raise ValueError("aggregate_seeds needs at least one run")
+    out = {}
+    for key in METRIC_KEYS:
+        values = [m.get(key) for m in per_seed if m.get(key) is not None]
+        low, high = bootstrap_ci(values, confidence)
+        out[key] = {
+            "mean": float(np.mean(values)) if values else None,
+            "ci_low": None if math.isnan(low) else low,
+            "ci_high": None if math.isnan(high) else high,
+            "n": len(values),
+        }
+    return out
