@@ -93,14 +93,20 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     try:
         name = json.loads(pointer.read_text())["path"]
     except (json.JSONDecodeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint pointer {pointer} is corrupt ({e})", "delete it to start over, or restore it from a backup") from e
+        raise CheckpointError(
+            f"checkpoint pointer {pointer} is corrupt ({e})", "delete it to start over, or restore it from a backup"
+        ) from e
     path = Path(root) / name
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint pointer {pointer} names {name}, which does not exist", "delete the pointer to start over")
+        raise CheckpointError(
+            f"checkpoint pointer {pointer} names {name}, which does not exist", "delete the pointer to start over"
+        )
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+def load_checkpoint(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
     """Load ``(weights, state, meta, arrays)`` from a checkpoint folder; a clear error if it is damaged."""
     path = Path(path)
     fix = "delete this checkpoint folder (an older one is used) or start a new run with resume=false"
@@ -115,7 +121,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean the same to a user
-        raise CheckpointError(f"checkpoint {path}/state.pt cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0]})", fix) from e
+        raise CheckpointError(
+            f"checkpoint {path}/state.pt cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0]})", fix
+        ) from e
     try:
         meta = json.loads((path / "meta.json").read_text())
     except json.JSONDecodeError as e:

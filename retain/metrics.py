@@ -53,10 +53,9 @@ def continual_metrics(R, initial=None, higher_is_better: bool = True) -> dict:
 
     # Per task: how much worse the final score is than right after learning it (positive = forgot).
     forgetting_j = sign * (diag - last)
-    # Worst drop from the best score seen after learning the task (Chaudhry et al.).
-    max_forgetting_j = np.array(
-        [sign * (R[j : T - 1, j].max() - last[j]) if higher_is_better else sign * (R[j : T - 1, j].min() - last[j]) for j in range(T)]
-    )
+    # Worst drop from the best score seen between learning the task and the end (Chaudhry et al.).
+    best = np.max if higher_is_better else np.min
+    max_forgetting_j = np.array([sign * (best(R[j : T - 1, j]) - last[j]) for j in range(T - 1)])
     forward_j = None
     if initial is not None and T > 1:
         forward_j = [None] + [float(sign * (R[j - 1, j] - initial[j])) for j in range(1, T)]
@@ -68,14 +67,14 @@ def continual_metrics(R, initial=None, higher_is_better: bool = True) -> dict:
         "average": float(last.mean()),
         "plasticity": float(diag.mean()),
         "forgetting": mean_or_none(forgetting_j[: T - 1]),
-        "max_forgetting": mean_or_none(max_forgetting_j[: T - 1]),
+        "max_forgetting": mean_or_none(max_forgetting_j),
         "backward_transfer": mean_or_none(-forgetting_j[: T - 1]),
         "forward_transfer": mean_or_none([f for f in forward_j if f is not None]) if forward_j else None,
         "per_task": {
             "final": last.tolist(),
             "just_after": diag.tolist(),
             "forgetting": [float(f) for f in forgetting_j[: T - 1]] + [None],
-            "max_forgetting": [float(f) for f in max_forgetting_j[: T - 1]] + [None],
+            "max_forgetting": [float(f) for f in max_forgetting_j] + [None],
             "forward_transfer": forward_j,
         },
     }
@@ -96,7 +95,9 @@ def auc_forward_transfer(curves: Sequence[Sequence[float]], reference_curves: Se
     AUC is the mean of the curve. A task whose reference already reaches AUC 1 is skipped.
     """
     if len(curves) != len(reference_curves) or not len(curves):
-        raise ValueError(f"need one reference curve per task: got {len(curves)} curves, {len(reference_curves)} references")
+        raise ValueError(
+            f"need one reference curve per task: got {len(curves)} curves, {len(reference_curves)} references"
+        )
     values = []
     for curve, ref in zip(curves, reference_curves):
         auc, auc_ref = _auc(curve), _auc(ref)
@@ -107,7 +108,9 @@ def auc_forward_transfer(curves: Sequence[Sequence[float]], reference_curves: Se
     return float(np.mean(values)) if values else 0.0
 
 
-def bootstrap_ci(values: Sequence[float], confidence: float = 0.9, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], confidence: float = 0.9, n_resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean (Continual World reports 90%)."""
     values = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if values.size == 0:

@@ -13,7 +13,9 @@ def derive_seed(seed: int, *keys: int | str) -> int:
     """A 31-bit seed determined by ``seed`` and ``keys`` (strings are hashed stably)."""
     words = [int(seed)]
     for key in keys:
-        words.append(key if isinstance(key, int) else int.from_bytes(str(key).encode()[:16].ljust(16, b"\0"), "little") % (2**63))
+        words.append(
+            key if isinstance(key, int) else int.from_bytes(str(key).encode()[:16].ljust(16, b"\0"), "little") % (2**63)
+        )
     return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
 
 
@@ -29,7 +31,12 @@ def rng_state() -> dict:
     _, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
 

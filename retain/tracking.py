@@ -42,7 +42,14 @@ class Tracker:
     a killed run logged after its last checkpoint, so a resumed run's file equals an uninterrupted one's.
     """
 
-    def __init__(self, run_dir: str | Path, cfg: Any = None, config: dict | None = None, resume_offset: int | None = None, run_name: str | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        cfg: Any = None,
+        config: dict | None = None,
+        resume_offset: int | None = None,
+        run_name: str | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -59,19 +66,32 @@ class Tracker:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ConfigError("logger=tensorboard needs the tensorboard package", "pip install tensorboard (or the project's [tracking] extra)") from e
+                raise ConfigError(
+                    "logger=tensorboard needs the tensorboard package",
+                    "pip install tensorboard (or the project's [tracking] extra)",
+                ) from e
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if cfg.wandb:
             try:
                 import wandb
             except ImportError as e:
-                raise ConfigError("logger=wandb needs the wandb package", "pip install wandb (or the project's [tracking] extra)") from e
+                raise ConfigError(
+                    "logger=wandb needs the wandb package", "pip install wandb (or the project's [tracking] extra)"
+                ) from e
             if cfg.wandb_mode not in ("offline", "online", "disabled"):
-                raise ConfigError(f"logger.wandb_mode={cfg.wandb_mode!r} is not a wandb mode", "use offline, online or disabled")
+                raise ConfigError(
+                    f"logger.wandb_mode={cfg.wandb_mode!r} is not a wandb mode", "use offline, online or disabled"
+                )
             run_id = (run_name or self.run_dir.name).replace("/", "-")
             self._wandb = wandb.init(
-                project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode, dir=str(self.run_dir),
-                config=config, name=run_name or self.run_dir.name, id=run_id, resume="allow",
+                project=cfg.wandb_project,
+                entity=cfg.wandb_entity,
+                mode=cfg.wandb_mode,
+                dir=str(self.run_dir),
+                config=config,
+                name=run_name or self.run_dir.name,
+                id=run_id,
+                resume="allow",
             )
 
     def offset(self) -> int:

@@ -1,0 +1,1 @@
+"""Environments by id, task sequences, experts, datasets and vectorized evaluation."""

@@ -1,0 +1,49 @@
+"""Typed specs for environments and tasks, as the ``env/`` and ``sequence/`` config groups fill them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EnvSpec:
+    """How to build one environment."""
+
+    name: str = ""
+    """short name when the env is a task on its own (sequence=single)"""
+    id: str = "???"
+    """a gymnasium id (CartPole-v1, FrozenLake-v1, MiniGrid-Empty-5x5-v0) or Meta-World/MT1 with kwargs.env_name=<task>-v3"""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments for gymnasium.make"""
+    max_episode_steps: int | None = None
+    """episode step limit; None keeps the registered one"""
+    success_threshold: float | None = None
+    """an episode counts as a success when its return reaches this; None uses info['success'] / info['is_success']"""
+
+
+@dataclass
+class TaskConfig:
+    """A task of a sequence: a name, the env that defines it, and its training budget."""
+
+    name: str = "???"
+    """short name used in metrics (eval/<name>/...) and reports"""
+    env: EnvSpec = field(default_factory=EnvSpec)
+    steps: int | None = None
+    """environment steps to train on this task; None uses the sequence's steps_per_task"""
+
+
+@dataclass
+class SequenceConfig:
+    """An ordered list of tasks trained one after another."""
+
+    name: str = "???"
+    """the sequence's name"""
+    tasks: list[TaskConfig] = field(default_factory=list)
+    """the tasks, in training order"""
+    steps_per_task: int = 100_000
+    """default training budget of each task (environment steps)"""
+    metric: str = "success"
+    """the score filled into the results matrix: success | return"""
+    eval_episodes: int = 10
+    """episodes per task per evaluation"""

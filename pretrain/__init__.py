@@ -1,0 +1,1 @@
+"""Pretraining objectives and their trainers (inverse dynamics, multi-task DT, LM continual pretraining)."""

@@ -1,0 +1,193 @@
+"""The ``retain`` command: ``retain <job> [hydra overrides]``.
+
+Each job is a function ``run_<job>(cfg) -> dict`` callable without Hydra; this module only finds
+it, composes its config with Hydra (``--help``, ``--cfg job`` and ``-m`` work as in any Hydra app)
+and turns user errors into one line on stderr with exit code 2. Jobs are imported lazily, so
+``retain --help`` stays fast and ``retain/`` depends on the other packages only through ``JOBS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from retain.errors import UserError
+
+
+@dataclass(frozen=True)
+class Job:
+    target: str
+    """module:function running the job"""
+    schema: str | None
+    """module:dataclass typing its config (None: the job parses its own arguments)"""
+    help: str
+
+
+JOBS: dict[str, Job] = {
+    "demo": Job(
+        "finetune.demo:run_demo",
+        "finetune.demo:DemoJobConfig",
+        "the default sequence with `finetune` and `reset`, compared in one report",
+    ),
+    "sequence": Job(
+        "finetune.sequence:run_sequence",
+        "finetune.sequence:SequenceJobConfig",
+        "online continual RL over a task sequence with SB3; fills the results matrix",
+    ),
+    "report": Job("retain.report:main", None, "rebuild report.md and plots of run directories, or compare runs"),
+}
+
+
+def _load(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register_job_schemas() -> None:
+    """Put each job's typed config schema in Hydra's ConfigStore as ``<job>_schema``."""
+    from retain.config import register_schema
+
+    if not OmegaConf.has_resolver("retain_suffix"):
+        OmegaConf.register_new_resolver("retain_suffix", lambda name: f"_{name}" if name else "")
+    for name, job in JOBS.items():
+        if job.schema:
+            register_schema(f"{name}_schema", _load(job.schema))
+
+
+def usage() -> str:
+    width = max(map(len, JOBS))
+    lines = ["usage: retain <job> [key=value ...] [--help] [--cfg job] [-m]", "", "jobs:"]
+    lines += [f"  {name:<{width}}  {job.help}" for name, job in JOBS.items()]
+    lines += [
+        "",
+        "common keys: seed= run_dir= resume=true|false progress=true|false debug=true|false|fast logger=jsonl|tensorboard|wandb device=auto|cpu|cuda",
+        "`retain <job> --help` shows the job's config groups and values.",
+    ]
+    return "\n".join(lines)
+
+
+def fail(problem: str, fix: str | None = None, exc: BaseException | None = None, show_traceback: bool = False) -> int:
+    if show_traceback and exc is not None:
+        traceback.print_exception(exc)
+    print(f"retain: error: {problem}" + (f" — {fix}" if fix else ""), file=sys.stderr)
+    return 2
+
+
+def _normalise(args: list[str]) -> list[str]:
+    # `debug` is both a common true/false key and a config group (debug/true.yaml, debug/fast.yaml):
+    # Hydra reads debug=true as a boolean, so the CLI passes it on as the option's name.
+    return [re.sub(r"^debug=(true|false)$", lambda m: f'debug="{m.group(1).lower()}"', a, flags=re.I) for a in args]
+
+
+def _hydra_error(exc: BaseException) -> str:
+    lines = [
+        ln.strip()
+        for ln in str(exc).splitlines()
+        if ln.strip()
+        and "HYDRA_FULL_ERROR" not in ln
+        and not ln.strip().startswith(("full_key", "object_type", "reference_type"))
+    ]
+    return "; ".join(lines[:3]) or type(exc).__name__
+
+
+def _validate(job: str, overrides: list[str]):
+    """Compose the config once before Hydra's runner does, so bad overrides get one clear line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from retain.config import load_config
+
+    try:
+        cfg = load_config(job, overrides)
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise UserError(
+            f"bad override for `retain {job}`: {_hydra_error(e)}", f"see `retain {job} --help` for the groups and keys"
+        ) from e
+    return cfg
+
+
+def _task(job: str):
+    run = _load(JOBS[job].target)
+
+    def task(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        cfg.run_dir = str(run_dir)
+        resumed = bool(cfg.resume)
+        try:
+            return run(cfg)
+        except UserError as e:
+            if not resumed:  # the CLI checked the directory was new or empty: nothing half-written stays
+                shutil.rmtree(run_dir, ignore_errors=True)
+            sys.exit(fail(e.problem, e.fix, e, bool(cfg.get("traceback", False))))
+
+    return task
+
+
+def run_job(job: str, args: list[str]) -> int:
+    import hydra
+
+    from retain.config import config_dir
+
+    overrides = _normalise([a for a in args if not a.startswith("-")])
+    flags = [a for a in args if a.startswith("-")]
+    debug = any(re.match(r'^debug="?(true|fast)"?$', a, flags=re.I) for a in overrides)
+    multirun = "-m" in flags or "--multirun" in flags
+    informational = any(f in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--resolve") for f in flags)
+    register_job_schemas()
+    try:
+        if not informational:
+            cfg = _validate(job, [o for o in overrides if "," not in o] if multirun else overrides)
+            if not multirun:
+                _check_run_dir(cfg)
+    except UserError as e:
+        return fail(e.problem, e.fix, e, debug)
+    sys.argv = [f"retain-{job}", *_interleave(args, overrides)]
+    hydra.main(config_path=str(config_dir()), config_name=job, version_base="1.3")(_task(job))()
+    return 0
+
+
+def _interleave(args: list[str], overrides: list[str]) -> list[str]:
+    """Map each original argument to its normalised form (flags keep their place)."""
+    it = iter(overrides)
+    return [a if a.startswith("-") else next(it) for a in args]
+
+
+def _check_run_dir(cfg) -> None:
+    run_dir = Path(str(cfg.run_dir))
+    if cfg.resume:
+        if not (run_dir / "config.yaml").exists():
+            raise UserError(
+                f"resume=true but {run_dir} holds no run", "pass run_dir= of the run to continue, or drop resume=true"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(
+            f"run directory {run_dir} is not empty",
+            "pass resume=true to continue the run there, or choose another run_dir=",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    job, args = argv[0], argv[1:]
+    if job not in JOBS:
+        return fail(f"unknown job {job!r}", f"choose one of {', '.join(JOBS)} (`retain --help` lists them)")
+    if JOBS[job].schema is None:
+        return _load(JOBS[job].target)(args)
+    return run_job(job, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

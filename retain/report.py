@@ -1,0 +1,287 @@
+"""Reports rebuilt from a run directory's files alone: ``report.md`` plus PNG plots.
+
+``write_report(run_dir)`` documents one run (metrics table, results matrix, what was run, a
+results heatmap and per-task curves). ``compare_runs(run_dirs, out_dir)`` puts several runs side
+by side: runs with the same label (method, sequence, agent) are seeds of one condition and are
+aggregated with a mean and a 90% bootstrap confidence interval.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from retain.errors import UserError  # noqa: E402
+from retain.io import write_text_atomic  # noqa: E402
+from retain.metrics import METRIC_KEYS, aggregate_seeds, auc_forward_transfer  # noqa: E402
+from retain.rundir import CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE  # noqa: E402
+from retain.tracking import read_metrics  # noqa: E402
+
+HEATMAP = "results_heatmap.png"
+CURVES = "curves.png"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and np.isnan(value):
+        return "nan"
+    return f"{value:.{digits}f}" if isinstance(value, float | int) else str(value)
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """The files of a run directory as one dict (results, summary, config, metrics records)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(
+            f"run directory {run_dir} does not exist", "pass the path of a run directory (runs/<job>/<date>_<time>)"
+        )
+    results_path = run_dir / RESULTS_FILE
+    if not results_path.exists():
+        raise UserError(
+            f"{run_dir} has no {RESULTS_FILE} (the run did not finish, or is not a sequence/cpt run)",
+            "resume it with resume=true run_dir=<dir>, or pass a finished run",
+        )
+    try:
+        results = json.loads(results_path.read_text())
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).exists() else {}
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) if (run_dir / CONFIG_FILE).exists() else {}
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise UserError(
+            f"{run_dir} holds a corrupt results/summary/config file ({e})", "re-run the job, or remove the damaged run"
+        ) from e
+    for key in ("tasks", "matrix", "metric", "higher_is_better", "metrics"):
+        if key not in results:
+            raise UserError(f"{results_path} lacks the key {key!r}", "it was not written by retain; re-run the job")
+    return {
+        "dir": run_dir,
+        "results": results,
+        "summary": summary,
+        "config": config or {},
+        "records": read_metrics(run_dir),
+    }
+
+
+def label_of(run: dict) -> str:
+    cfg, summary = run["config"], run["summary"]
+    method = summary.get("method") or cfg.get("method", {}).get("name", "?")
+    sequence = summary.get("sequence") or cfg.get("sequence", {}).get("name", "?")
+    return f"{method} · {sequence}"
+
+
+def _curves(run: dict) -> dict[str, tuple[list[int], list[float]]]:
+    metric = run["results"]["metric"]
+    out = {}
+    for task in run["results"]["tasks"]:
+        key = f"eval/{task}/{metric}"
+        points = [(r["step"], r[key]) for r in run["records"] if r.get(key) is not None]
+        out[task] = ([p[0] for p in points], [p[1] for p in points])
+    return out
+
+
+def plot_heatmap(run: dict, path: Path, title: str | None = None) -> None:
+    res = run["results"]
+    R = np.asarray(res["matrix"], dtype=float)
+    T = len(res["tasks"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * T, 1.0 + 0.8 * T))
+    cmap = "viridis" if res["higher_is_better"] else "viridis_r"
+    im = ax.imshow(R, cmap=cmap, aspect="auto")
+    for i in range(T):
+        for j in range(T):
+            ax.text(
+                j,
+                i,
+                _fmt(R[i, j], 2),
+                ha="center",
+                va="center",
+                color="w" if im.norm(R[i, j]) < 0.5 else "k",
+                fontsize=8,
+            )
+    ax.set_xticks(range(T), res["tasks"], rotation=45, ha="right")
+    ax.set_yticks(range(T), [f"after {t}" for t in res["tasks"]])
+    ax.set_xlabel(f"evaluated task ({res['metric']})")
+    ax.set_title(title or f"Results matrix R — {label_of(run)}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    """One panel per task; one line per run; dashed lines mark task boundaries."""
+    tasks = runs[0]["results"]["tasks"]
+    cols = min(len(tasks), 3)
+    rows = int(np.ceil(len(tasks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False, sharey=True)
+    for k, task in enumerate(tasks):
+        ax = axes[k // cols][k % cols]
+        for run in runs:
+            steps, values = _curves(run).get(task, ([], []))
+            ax.plot(steps, values, marker=".", label=label_of(run) if len(runs) > 1 else None)
+        for b in runs[0]["results"].get("task_boundaries", [])[:-1]:
+            ax.axvline(b, color="grey", ls="--", lw=0.8)
+        ax.set_title(task)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(runs[0]["results"]["metric"])
+    for k in range(len(tasks), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    if len(runs) > 1:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _matrix_table(res: dict) -> list[str]:
+    lines = ["| after \\ eval | " + " | ".join(res["tasks"]) + " |", "|---" * (len(res["tasks"]) + 1) + "|"]
+    if res.get("initial") is not None:
+        lines.append("| initial | " + " | ".join(_fmt(v) for v in res["initial"]) + " |")
+    for task, row in zip(res["tasks"], res["matrix"]):
+        lines.append(f"| {task} | " + " | ".join(_fmt(v) for v in row) + " |")
+    return lines
+
+
+def _config_lines(run: dict) -> list[str]:
+    cfg, summary = run["config"], run["summary"]
+    agent = cfg.get("agent", {})
+    seq = cfg.get("sequence", {})
+    lines = [
+        f"- sequence: `{seq.get('name', '?')}` ({len(run['results']['tasks'])} tasks, metric `{run['results']['metric']}`)",
+        f"- method: `{cfg.get('method', {}).get('name', '?')}`; agent: `{agent.get('algo', '?')}` `{agent.get('policy', '')}` ×{agent.get('n_envs', '?')} envs",
+        f"- seed: {cfg.get('seed', '?')}; steps: {summary.get('steps', '?')}; wall time: {_fmt(summary.get('wall_time_s'), 1)} s",
+    ]
+    if "hyperparams" in agent:
+        lines.append(f"- hyper-parameters: `{json.dumps(agent['hyperparams'])}`")
+    return lines
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md``, the heatmap and the curves of one run from its files."""
+    run = load_run(run_dir)
+    out = Path(run_dir)
+    metrics = run["results"]["metrics"]
+    plot_heatmap(run, out / HEATMAP)
+    plot_curves([run], out / CURVES)
+    direction = (
+        "higher is better"
+        if run["results"]["higher_is_better"]
+        else "lower is better; differences are oriented so positive forgetting means worse"
+    )
+    lines = [
+        f"# retain report — {label_of(run)}",
+        "",
+        "## What was run",
+        *_config_lines(run),
+        "",
+        f"## Continual metrics ({run['results']['metric']}, {direction})",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(metrics.get(k))} |" for k in METRIC_KEYS]
+    lines += [
+        "",
+        "## Results matrix R[after task i, evaluated on task j]",
+        "",
+        *_matrix_table(run["results"]),
+        "",
+        f"![results heatmap]({HEATMAP})",
+        "",
+        "## Per-task curves (dashed: task boundaries)",
+        "",
+        f"![curves]({CURVES})",
+        "",
+    ]
+    write_text_atomic(out / "report.md", "\n".join(lines))
+    return out / "report.md"
+
+
+def _auc_transfer(run: dict, reference: dict) -> float | None:
+    """Continual World's AUC forward transfer of ``run`` against a ``reset`` run of the same sequence."""
+    res = run["results"]
+    if res["metric"] != "success" or reference["results"]["tasks"] != res["tasks"]:
+        return None
+    bounds = [0, *res.get("task_boundaries", [])]
+    ref_bounds = [0, *reference["results"].get("task_boundaries", [])]
+    if len(bounds) != len(res["tasks"]) + 1 or len(ref_bounds) != len(bounds):
+        return None
+
+    def window(r, b, j):
+        steps, values = _curves(r)[res["tasks"][j]]
+        return [v for s, v in zip(steps, values) if b[j] < s <= b[j + 1]]
+
+    curves = [window(run, bounds, j) for j in range(len(res["tasks"]))]
+    refs = [window(reference, ref_bounds, j) for j in range(len(res["tasks"]))]
+    if any(not c for c in curves + refs):
+        return None
+    return auc_forward_transfer(curves, refs)
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Side-by-side report of several runs; seeds of one label are aggregated (mean, 90% CI)."""
+    runs = [load_run(d) for d in run_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[label_of(run)].append(run)
+    references = {
+        (r["summary"].get("sequence"), r["summary"].get("seed")): r
+        for r in runs
+        if r["summary"].get("method") == "reset"
+    }
+
+    lines = [
+        "# retain comparison",
+        "",
+        f"{len(runs)} runs in {len(groups)} groups; mean over seeds with a 90% bootstrap CI.",
+        "",
+        "| group | seeds | " + " | ".join(METRIC_KEYS) + " | auc_forward_transfer |",
+        "|---" * (len(METRIC_KEYS) + 3) + "|",
+    ]
+    aggregates = {}
+    for label, members in groups.items():
+        agg = aggregate_seeds([m["results"]["metrics"] for m in members])
+        aucs = [
+            a
+            for m in members
+            if (ref := references.get((m["summary"].get("sequence"), m["summary"].get("seed")))) is not None
+            and (a := _auc_transfer(m, ref)) is not None
+        ]
+        aggregates[label] = {**agg, "auc_forward_transfer": float(np.mean(aucs)) if aucs else None}
+        cells = []
+        for key in METRIC_KEYS:
+            a = agg[key]
+            ci = f" [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]" if a["n"] > 1 else ""
+            cells.append(_fmt(a["mean"]) + ci)
+        lines.append(
+            f"| {label} | {len(members)} | "
+            + " | ".join(cells)
+            + f" | {_fmt(aggregates[label]['auc_forward_transfer'])} |"
+        )
+    lines += ["", "## Per-task curves", "", f"![curves]({CURVES})", ""]
+    plot_curves(runs, out / CURVES)
+    for k, run in enumerate(runs):
+        name = f"heatmap_{k}.png"
+        plot_heatmap(run, out / name)
+        lines += [
+            f"## {label_of(run)} (seed {run['config'].get('seed', '?')}) — `{run['dir']}`",
+            "",
+            *_matrix_table(run["results"]),
+            "",
+            f"![heatmap]({name})",
+            "",
+        ]
+    write_text_atomic(out / "report.md", "\n".join(lines))
+    (out / "comparison.json").write_text(
+        json.dumps({"runs": [str(r["dir"]) for r in runs], "groups": aggregates}, indent=2)
+    )
+    return out / "report.md"
