@@ -41,6 +41,8 @@ class SequenceConfig:
     """the sequence's name"""
     tasks: list[TaskConfig] = field(default_factory=list)
     """the tasks, in training order"""
+    from_env: bool = False
+    """a one-task sequence made of the job's `env` (sequence=single)"""
     steps_per_task: int = 100_000
     """default training budget of each task (environment steps)"""
     metric: str = "success"

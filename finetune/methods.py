@@ -56,6 +56,11 @@ class Method:
     def batch(self, batch: Any) -> Any:
         return batch
 
+    def eval_weights(self, ctx: SequenceContext, current: int, task_index: int) -> dict[str, torch.Tensor] | None:
+        """Policy weights to evaluate ``task_index`` with while training task ``current`` (-1: before
+        the sequence); None evaluates the current model, as a single-model method does."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -73,11 +78,32 @@ class Finetune(Method):
 
 
 class Reset(Method):
-    """A fresh model for every task: no forgetting by construction, and the reference that
-    forward transfer is measured against."""
+    """A fresh model for every task, kept after its task: each task is evaluated with its own model
+    (a fresh one before its turn), so there is no forgetting and no transfer by construction. Its
+    curves are the single-task references of Continual World's AUC forward transfer."""
+
+    def __init__(self, cfg: MethodConfig):
+        super().__init__(cfg)
+        self.experts: dict[int, dict[str, torch.Tensor]] = {}
 
     def before_task(self, ctx: SequenceContext, task_index: int) -> None:
         ctx.model = ctx.new_model(task_index)
+
+    def after_task(self, ctx: SequenceContext, task_index: int) -> None:
+        self.experts[task_index] = {k: v.detach().clone() for k, v in ctx.model.policy.state_dict().items()}
+
+    def eval_weights(self, ctx: SequenceContext, current: int, task_index: int) -> dict[str, torch.Tensor] | None:
+        if task_index == current:
+            return None
+        if task_index in self.experts:
+            return self.experts[task_index]
+        return ctx.fresh_weights(task_index)
+
+    def state_dict(self) -> dict:
+        return {"experts": {str(k): v for k, v in self.experts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.experts = {int(k): v for k, v in state.get("experts", {}).items()}
 
 
 METHODS: dict[str, type[Method]] = {"finetune": Finetune, "reset": Reset}

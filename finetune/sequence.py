@@ -80,6 +80,7 @@ class SequenceContext:
         self.model_task = 0
         self.global_step = 0
         self.chunk_start_timesteps = 0
+        self._fresh: dict[int, dict[str, torch.Tensor]] = {}
 
     def _train_env(self, task_index: int):
         return make_vec_env(self.tasks[task_index].env, self.agent.n_envs, self.agent.vec_env)
@@ -93,6 +94,18 @@ class SequenceContext:
             self.agent, self._train_env(task_index), derive_seed(self.cfg.seed, "model", task_index), self.cfg.device
         )
 
+    def fresh_weights(self, task_index: int) -> dict[str, torch.Tensor]:
+        """The initial policy weights ``new_model(task_index)`` would have (cached; no training envs kept)."""
+        if task_index not in self._fresh:
+            agent = OmegaConf.to_object(self.cfg.agent)
+            if "buffer_size" in agent.hyperparams:
+                agent.hyperparams["buffer_size"] = 1  # only the policy is wanted, not a 1M-step buffer
+            env = make_vec_env(self.tasks[task_index].env, 1)
+            model = build_model(agent, env, derive_seed(self.cfg.seed, "model", task_index), "cpu")
+            self._fresh[task_index] = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+            env.close()
+        return self._fresh[task_index]
+
     def switch_env(self, task_index: int) -> None:
         """Point the current model at task ``task_index``'s training envs."""
         if self.model_task == task_index and self.model.env is not None:
@@ -105,13 +118,17 @@ class SequenceContext:
 def build_tasks(cfg: DictConfig) -> list[Task]:
     """The sequence's tasks, checked up front: ids exist, spaces agree, the agent fits, names are unique."""
     seq = cfg.sequence
-    if not seq.tasks:
+    if seq.from_env:
+        env = OmegaConf.to_object(cfg.env)
+        seq_tasks = [TaskConfig(name=env.name or "task", env=env)]
+    else:
+        seq_tasks = [OmegaConf.to_object(t) for t in seq.tasks]
+    if not seq_tasks:
         raise ConfigError(f"sequence {seq.name!r} has no tasks", "choose sequence=<name> or list sequence.tasks")
     if seq.metric not in METRICS:
         raise ConfigError(f"sequence.metric={seq.metric!r} is not supported", f"use one of {', '.join(METRICS)}")
     tasks = []
-    for t in seq.tasks:
-        t: TaskConfig = OmegaConf.to_object(t)
+    for t in seq_tasks:
         if "/" in t.name or not t.name:
             raise ConfigError(f"task name {t.name!r} is not usable in metric names", "use a short name without '/'")
         steps = t.steps if t.steps is not None else seq.steps_per_task
@@ -189,17 +206,27 @@ class _ProgressCallback(BaseCallback):
         self._last = self.model.num_timesteps
 
 
-def _evaluate_tasks(ctx: SequenceContext, indices: list[int], episodes: int) -> dict[int, dict]:
+def _evaluate_tasks(
+    ctx: SequenceContext, method: Method, current: int, indices: list[int], episodes: int
+) -> dict[int, dict]:
+    """Evaluate tasks ``indices`` while training task ``current`` (-1: before the sequence); the
+    method chooses the weights each task is evaluated with."""
     model = ctx.model
+    own = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
 
     def predict(obs):
         return model.predict(obs, deterministic=True)[0]
 
     out = {}
-    for j in indices:
-        task = ctx.tasks[j]
-        result = evaluate(predict, task.env, episodes, derive_seed(ctx.cfg.seed, "eval", j), ctx.cfg.eval.n_envs)
-        out[j] = {"score": result.score(ctx.cfg.sequence.metric), "metrics": result.as_metrics(f"eval/{task.name}")}
+    try:
+        for j in indices:
+            weights = method.eval_weights(ctx, current, j)
+            model.policy.load_state_dict(weights if weights is not None else own)
+            task = ctx.tasks[j]
+            result = evaluate(predict, task.env, episodes, derive_seed(ctx.cfg.seed, "eval", j), ctx.cfg.eval.n_envs)
+            out[j] = {"score": result.score(ctx.cfg.sequence.metric), "metrics": result.as_metrics(f"eval/{task.name}")}
+    finally:
+        model.policy.load_state_dict(own)
     return out
 
 
@@ -260,7 +287,7 @@ def run_sequence(cfg: DictConfig) -> dict:
         else:
             ctx.model = ctx.new_model(0)
             R = [[math.nan] * T for _ in range(T)]
-            scores = _evaluate_tasks(ctx, list(range(T)), episodes)
+            scores = _evaluate_tasks(ctx, method, -1, list(range(T)), episodes)
             initial = [scores[j]["score"] for j in range(T)]
             tracker.log({k: v for j in range(T) for k, v in scores[j]["metrics"].items()}, 0)
             start_task, start_chunk = 0, 0
@@ -285,7 +312,7 @@ def run_sequence(cfg: DictConfig) -> dict:
                 )
                 if indices:
                     t0 = time.perf_counter()
-                    scores = _evaluate_tasks(ctx, indices, episodes)
+                    scores = _evaluate_tasks(ctx, method, i, indices, episodes)
                     logged = {k: v for j in indices for k, v in scores[j]["metrics"].items()}
                     logged["perf/eval_seconds"] = time.perf_counter() - t0
                     tracker.log(logged, ctx.global_step)

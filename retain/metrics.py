@@ -87,12 +87,15 @@ def _auc(curve) -> float:
     return float(curve.mean())
 
 
-def auc_forward_transfer(curves: Sequence[Sequence[float]], reference_curves: Sequence[Sequence[float]]) -> float:
+def auc_forward_transfer(
+    curves: Sequence[Sequence[float]], reference_curves: Sequence[Sequence[float]]
+) -> float | None:
     """Continual World's forward transfer: mean_j (AUC_j − AUC_ref_j) / (1 − AUC_ref_j).
 
     ``curves[j]`` are task j's scores (in [0, 1], e.g. success) over its own training window in
     the continual run; ``reference_curves[j]`` the same for a model trained on task j alone.
-    AUC is the mean of the curve. A task whose reference already reaches AUC 1 is skipped.
+    AUC is the mean of the curve. A task whose reference already reaches AUC 1 is skipped (the
+    ratio is undefined); None when every task is skipped.
     """
     if len(curves) != len(reference_curves) or not len(curves):
         raise ValueError(
@@ -105,7 +108,7 @@ def auc_forward_transfer(curves: Sequence[Sequence[float]], reference_curves: Se
             raise ValueError("AUC forward transfer needs scores in [0, 1] (success rates)")
         if auc_ref < 1.0:
             values.append((auc - auc_ref) / (1.0 - auc_ref))
-    return float(np.mean(values)) if values else 0.0
+    return float(np.mean(values)) if values else None
 
 
 def bootstrap_ci(

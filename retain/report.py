@@ -130,6 +130,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
             ax.axvline(b, color="grey", ls="--", lw=0.8)
         ax.set_title(task)
         ax.set_xlabel("environment steps")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.set_ylabel(runs[0]["results"]["metric"])
     for k in range(len(tasks), rows * cols):
         axes[k // cols][k % cols].axis("off")
@@ -285,3 +286,39 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         json.dumps({"runs": [str(r["dir"]) for r in runs], "groups": aggregates}, indent=2)
     )
     return out / "report.md"
+
+
+def main(args: list[str]) -> int:
+    """``retain report RUN_DIR [RUN_DIR ...] [--out DIR]``: rebuild or compare reports from files alone."""
+    import argparse
+    import sys
+    import time
+
+    from retain.cli import fail
+
+    parser = argparse.ArgumentParser(
+        prog="retain report",
+        description="Rebuild report.md and plots from run directories; with several runs, compare them (seeds of one method are aggregated).",
+    )
+    parser.add_argument(
+        "run_dirs", nargs="+", help="sequence or cpt run directories (a demo directory rebuilds its comparison)"
+    )
+    parser.add_argument("--out", help="where a comparison is written (default runs/report/<date>_<time>)")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks")
+    opts = parser.parse_args([a.replace("debug=true", "--debug") for a in args])
+    try:
+        if len(opts.run_dirs) == 1 and opts.out is None:
+            run_dir = Path(opts.run_dirs[0])
+            comparison = run_dir / "comparison.json"
+            if comparison.exists():
+                runs = json.loads(comparison.read_text())["runs"]
+                path = compare_runs(runs, run_dir)
+            else:
+                path = write_report(run_dir)
+        else:
+            out = Path(opts.out or f"runs/report/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+            path = compare_runs(opts.run_dirs, out)
+    except UserError as e:
+        return fail(e.problem, e.fix, e, opts.debug)
+    print(f"report: {path}", file=sys.stdout)
+    return 0

@@ -1,0 +1,43 @@
+"""Shared test setup: one torch thread (two threads on a busy 2-core machine slow small nets 15–50x),
+no progress bars, and helpers to run the `retain` CLI in a subprocess like a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ["RETAIN_NO_PROGRESS"] = "1"
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+RETAIN = str(Path(sys.executable).parent / "retain")
+
+# A few seconds per run: 2 PPO iterations per task, one checkpoint in the middle of each task.
+TINY = ["sequence.steps_per_task=2048", "chunks_per_task=2", "progress=false"]
+
+
+def run_cli(*args: str, cwd: str | Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([RETAIN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run `retain ...` from a scratch working directory (the CLI must work from anywhere)."""
+
+    def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        return run_cli(*args, cwd=tmp_path, timeout=timeout)
+
+    return run
+
+
+def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """stderr lines that are not warnings printed by libraries."""
+    return [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and not ln.startswith("  ")]
