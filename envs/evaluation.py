@@ -42,6 +42,11 @@ def make_vec_env(spec: EnvSpec, n_envs: int, kind: str = "dummy", monitor: bool 
     return DummyVecEnv(thunks)
 
 
+def eval_vec_env(spec: EnvSpec, episodes: int, n_envs: int = 16, kind: str = "dummy") -> VecEnv:
+    """The envs ``evaluate`` runs ``episodes`` episodes in: one per episode, at most ``n_envs``."""
+    return make_vec_env(spec, max(1, min(episodes, n_envs)), kind, monitor=False)
+
+
 def evaluate(
     predict: Callable[[np.ndarray], np.ndarray],
     spec: EnvSpec,
@@ -49,16 +54,20 @@ def evaluate(
     seed: int,
     n_envs: int = 16,
     kind: str = "dummy",
+    venv: VecEnv | None = None,
 ) -> EvalResult:
     """Run exactly ``episodes`` episodes of ``spec`` with ``predict`` (batched obs → batched actions).
 
     Episodes are spread over up to ``n_envs`` parallel envs; env i is seeded ``seed + i`` so the
     result depends only on the policy and the seed. An episode succeeds when any step reports
     ``info['success']``/``info['is_success']``, or when its return reaches ``spec.success_threshold``.
+    A ``venv`` from ``eval_vec_env`` can be passed to reuse envs that are slow to build (Meta-World);
+    it is reseeded here and left open.
     """
-    n = max(1, min(episodes, n_envs))
+    owned = venv is None
+    venv = venv or eval_vec_env(spec, episodes, n_envs, kind)
+    n = venv.num_envs
     targets = np.array([(episodes + i) // n for i in range(n)])
-    venv = make_vec_env(spec, n, kind, monitor=False)
     venv.seed(seed)
     returns, successes, lengths = [], [], []
     try:
@@ -83,5 +92,6 @@ def evaluate(
                 done_counts[i] += 1
                 ep_return[i], ep_length[i], ep_success[i] = 0.0, 0, False
     finally:
-        venv.close()
+        if owned:
+            venv.close()
     return EvalResult(np.array(returns), np.array(successes), np.array(lengths))

@@ -67,14 +67,19 @@ def check_env_spec(spec: EnvSpec) -> None:
         _check_metaworld_name(spec)
 
 
-def make_env(spec: EnvSpec, seed: int | None = None, monitor: bool = True) -> Callable[[], gym.Env]:
-    """A thunk that builds the environment of ``spec`` (wrapped in SB3's Monitor for episode stats)."""
+def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
+    """A thunk that builds the environment of ``spec`` (wrapped in SB3's Monitor for episode stats).
+
+    Episodes are seeded through ``reset(seed=...)`` by the caller. Meta-World's ``seed`` kwarg picks
+    the task's goal variant instead, so it is part of the task: fixed to ``kwargs.seed`` (default 0)
+    rather than drawn anew for every env.
+    """
 
     def thunk() -> gym.Env:
         _register_family(spec.id)
         kwargs = dict(spec.kwargs)
-        if spec.id in METAWORLD_IDS and seed is not None:
-            kwargs.setdefault("seed", seed)
+        if spec.id in METAWORLD_IDS:
+            kwargs.setdefault("seed", 0)
         if spec.max_episode_steps is not None:
             kwargs["max_episode_steps"] = spec.max_episode_steps
         env = gym.make(spec.id, **kwargs)

@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents.sb3 import AgentConfig, build_model, check_agent, load_model_state, model_state, rollout_size
-from envs.evaluation import METRICS, evaluate, make_vec_env
+from envs.evaluation import METRICS, eval_vec_env, evaluate, make_vec_env
 from envs.registry import check_env_spec, make_env
 from envs.spec import EnvSpec, SequenceConfig, TaskConfig
 from finetune.methods import Method, MethodConfig, make_method
@@ -81,6 +82,19 @@ class SequenceContext:
         self.global_step = 0
         self.chunk_start_timesteps = 0
         self._fresh: dict[int, dict[str, torch.Tensor]] = {}
+        self._eval_envs: dict[int, VecEnv] = {}
+
+    def eval_env(self, task_index: int, episodes: int) -> VecEnv:
+        """Evaluation envs of a task, built once and reseeded at every evaluation."""
+        if task_index not in self._eval_envs:
+            self._eval_envs[task_index] = eval_vec_env(self.tasks[task_index].env, episodes, self.cfg.eval.n_envs)
+        return self._eval_envs[task_index]
+
+    def close(self) -> None:
+        for venv in self._eval_envs.values():
+            venv.close()
+        if self.model is not None and self.model.env is not None:
+            self.model.env.close()
 
     def _train_env(self, task_index: int):
         return make_vec_env(self.tasks[task_index].env, self.agent.n_envs, self.agent.vec_env)
@@ -100,7 +114,7 @@ class SequenceContext:
             agent = OmegaConf.to_object(self.cfg.agent)
             if "buffer_size" in agent.hyperparams:
                 agent.hyperparams["buffer_size"] = 1  # only the policy is wanted, not a 1M-step buffer
-            env = make_vec_env(self.tasks[task_index].env, 1)
+            env = make_vec_env(self.tasks[task_index].env, agent.n_envs)
             model = build_model(agent, env, derive_seed(self.cfg.seed, "model", task_index), "cpu")
             self._fresh[task_index] = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
             env.close()
@@ -223,7 +237,9 @@ def _evaluate_tasks(
             weights = method.eval_weights(ctx, current, j)
             model.policy.load_state_dict(weights if weights is not None else own)
             task = ctx.tasks[j]
-            result = evaluate(predict, task.env, episodes, derive_seed(ctx.cfg.seed, "eval", j), ctx.cfg.eval.n_envs)
+            result = evaluate(
+                predict, task.env, episodes, derive_seed(ctx.cfg.seed, "eval", j), venv=ctx.eval_env(j, episodes)
+            )
             out[j] = {"score": result.score(ctx.cfg.sequence.metric), "metrics": result.as_metrics(f"eval/{task.name}")}
     finally:
         model.policy.load_state_dict(own)
@@ -356,8 +372,7 @@ def run_sequence(cfg: DictConfig) -> dict:
         write_summary(run_dir, summary)
     finally:
         tracker.close()
-        if ctx.model is not None and ctx.model.env is not None:
-            ctx.model.env.close()
+        ctx.close()
     write_report(run_dir)
     return summary
 

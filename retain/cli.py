@@ -104,6 +104,17 @@ def _validate(job: str, overrides: list[str]):
 
     from retain.config import load_config
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as e:
+            raise UserError(
+                f"cannot parse override {override!r} ({_hydra_error(e).split(';')[0]})",
+                "write key=value, quoting values with special characters",
+            ) from e
     try:
         cfg = load_config(job, overrides)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)

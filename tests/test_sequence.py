@@ -1,0 +1,145 @@
+"""`retain sequence` end to end: the run-directory contract, determinism, forgetting, and exact
+resumption after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from finetune.sequence import chunk_plan, run_sequence
+from retain.config import load_config
+from retain.errors import CheckpointError, UserError
+from retain.metrics import METRIC_KEYS
+from tests.conftest import RETAIN, TINY, error_lines
+
+
+def run(tmp_path, name, *overrides):
+    cfg = load_config("sequence", [*TINY, f"run_dir={tmp_path / name}", *overrides])
+    return run_sequence(cfg), tmp_path / name
+
+
+def eval_records(run_dir):
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if k == "step" or k.startswith("eval/") and not k.endswith("seconds")}
+        for r in lines
+        if any(k.startswith("eval/") for k in r)
+    ]
+
+
+def test_run_directory_matches_the_contract(tmp_path):
+    summary, run_dir = run(tmp_path, "a")
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "results.json",
+        "report.md",
+        "results_heatmap.png",
+        "curves.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "latest.json").is_file()
+    results = json.loads((run_dir / "results.json").read_text())
+    T = 3
+    assert results["tasks"] == ["goal_bottom_right", "goal_top_right", "goal_bottom_left"]
+    assert len(results["matrix"]) == T and all(len(row) == T for row in results["matrix"])
+    assert len(results["initial"]) == T and results["higher_is_better"] is True and results["metric"] == "success"
+    assert set(results["metrics"]) == {*METRIC_KEYS, "per_task"}
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["run_dir"] == str(run_dir)  # resolved, no ${now:}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert isinstance(record.pop("step"), int)
+        assert all(k.startswith(("train/", "eval/", "cl/", "perf/")) for k in record), record
+    logged = "".join((run_dir / "metrics.jsonl").read_text().splitlines())
+    assert (
+        "eval/goal_top_right/success" in logged
+        and "cl/forgetting" in logged
+        and "perf/train_steps_per_second" in logged
+    )
+    assert summary["steps"] == 3 * 2048 and summary["method"] == "finetune"
+
+
+def test_same_seed_same_results_other_seed_may_differ(tmp_path):
+    _, a = run(tmp_path, "a")
+    _, b = run(tmp_path, "b")
+    assert (
+        json.loads((a / "results.json").read_text())["matrix"] == json.loads((b / "results.json").read_text())["matrix"]
+    )
+    assert eval_records(a) == eval_records(b)
+
+
+def test_finetune_forgets_the_conflicting_default_sequence(tmp_path):
+    summary, _ = run(tmp_path, "ft", "sequence.steps_per_task=30720", "chunks_per_task=1", "eval.during=none")
+    assert summary["forgetting"] > 0.3, summary  # the first task is learnt, then overwritten
+
+
+def test_reset_neither_forgets_nor_transfers(tmp_path):
+    summary, run_dir = run(
+        tmp_path, "reset", "method=reset", "sequence.steps_per_task=10240", "chunks_per_task=1", "eval.during=none"
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    R = results["matrix"]
+    assert summary["forgetting"] == 0.0 and summary["forward_transfer"] == 0.0
+    assert R[2][0] == R[0][0] and R[2][1] == R[1][1]  # each task keeps its own model
+
+
+def test_chunk_plan_uses_whole_iterations():
+    assert chunk_plan(10_000, 1024, 3) == [4096, 3072, 3072]
+    assert chunk_plan(100, 1024, 10) == [1024]
+    assert sum(chunk_plan(2048, 1024, 10)) == 2048
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+    _, run_dir = run(tmp_path, "a")
+    with pytest.raises(UserError, match="differs"):
+        run(tmp_path, "a", "resume=true", "seed=3")
+
+
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    _, run_dir = run(tmp_path, "a")
+    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["path"]
+    (run_dir / "checkpoints" / latest / "state.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="state.pt"):
+        run(tmp_path, "a", "resume=true")
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path):
+    budget = ["sequence.steps_per_task=20480", "chunks_per_task=10", "progress=false"]
+    reference = tmp_path / "reference"
+    ref = subprocess.run(
+        [RETAIN, "sequence", *budget, f"run_dir={reference}"], capture_output=True, text=True, timeout=600
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [RETAIN, "sequence", *budget, f"run_dir={killed}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    # kill once a checkpoint exists in the middle of the second task
+    while time.time() < deadline and proc.poll() is None:
+        pointer = killed / "checkpoints" / "latest.json"
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 20480 + 4096:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "results.json").exists()
+
+    resumed = subprocess.run(
+        [RETAIN, "sequence", *budget, f"run_dir={killed}", "resume=true"], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, error_lines(resumed)
+    a = json.loads((reference / "results.json").read_text())
+    b = json.loads((killed / "results.json").read_text())
+    assert a["matrix"] == b["matrix"] and a["initial"] == b["initial"]
+    assert eval_records(reference) == eval_records(killed)  # curves too: nothing logged twice or lost
