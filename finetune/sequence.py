@@ -83,6 +83,7 @@ class SequenceContext:
         self.chunk_start_timesteps = 0
         self._fresh: dict[int, dict[str, torch.Tensor]] = {}
         self._eval_envs: dict[int, VecEnv] = {}
+        self.seconds = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
 
     def eval_env(self, task_index: int, episodes: int) -> VecEnv:
         """Evaluation envs of a task, built once and reseeded at every evaluation."""
@@ -331,6 +332,7 @@ def run_sequence(cfg: DictConfig) -> dict:
                     scores = _evaluate_tasks(ctx, method, i, indices, episodes)
                     logged = {k: v for j in indices for k, v in scores[j]["metrics"].items()}
                     logged["perf/eval_seconds"] = time.perf_counter() - t0
+                    ctx.seconds["eval"] += logged["perf/eval_seconds"]
                     tracker.log(logged, ctx.global_step)
                     bar.set_postfix_str(f"task {tasks[i].name} {cfg.sequence.metric}={scores[i]['score']:.2f}")
                 if last:
@@ -340,7 +342,9 @@ def run_sequence(cfg: DictConfig) -> dict:
                         {"cl/task_index": i, "cl/average_so_far": float(np.mean(R[i][: i + 1]))}, ctx.global_step
                     )
                 position = {"task": i + 1, "chunk": 0} if last else {"task": i, "chunk": c + 1}
+                t0 = time.perf_counter()
                 _save(run_dir, ctx, method, tracker, position, R, initial)
+                ctx.seconds["checkpoint"] += time.perf_counter() - t0
             start_chunk = 0
         bar.close()
 
@@ -367,6 +371,7 @@ def run_sequence(cfg: DictConfig) -> dict:
             "metric": cfg.sequence.metric,
             "steps": ctx.global_step,
             "wall_time_s": elapsed,
+            **{f"{k}_seconds": v for k, v in ctx.seconds.items()},
             **{k: v for k, v in metrics.items() if k != "per_task"},
         }
         write_summary(run_dir, summary)
@@ -388,6 +393,7 @@ def _train_chunk(ctx: SequenceContext, logger: Logger, bar, i: int, c: int, step
     t0 = time.perf_counter()
     model.learn(steps, reset_num_timesteps=False, callback=_ProgressCallback(bar), log_interval=1)
     seconds = time.perf_counter() - t0
+    ctx.seconds["train"] += seconds
     ctx.global_step += model.num_timesteps - ctx.chunk_start_timesteps
     ctx.chunk_start_timesteps = model.num_timesteps
     tracker.log({"perf/train_steps_per_second": steps / max(seconds, 1e-9)}, ctx.global_step)

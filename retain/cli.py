@@ -99,12 +99,11 @@ def _hydra_error(exc: BaseException) -> str:
 
 def _validate(job: str, overrides: list[str]):
     """Compose the config once before Hydra's runner does, so bad overrides get one clear line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from retain.config import load_config
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     for override in overrides:

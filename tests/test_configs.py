@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from agents.sb3 import AgentConfig, build_model
 from envs.evaluation import make_vec_env
 from envs.spec import EnvSpec
-from finetune.methods import MethodConfig, make_method
+from finetune.methods import make_method
 from finetune.sequence import build_tasks
 from retain.cli import JOBS, register_job_schemas
 from retain.config import config_dir, load_config
@@ -106,7 +106,7 @@ def test_debug_fast_shrinks_any_sequence():
 
 def test_sequences_pick_their_agent_and_command_line_wins():
     assert load_config("sequence", ["sequence=cw10"]).agent.algo == "SAC"
-    assert load_config("sequence").agent.hyperparams.ent_coef == 0.05  # frozenlake_goals → ppo_gridworld
+    assert load_config("sequence").agent.hyperparams.ent_coef == 0.1  # frozenlake_goals → ppo_gridworld
     assert load_config("sequence", ["sequence=cw10", "agent=sac"]).agent.policy_kwargs.net_arch == [256, 256]
 
 
