@@ -86,8 +86,17 @@ def rollout_size(cfg: AgentConfig) -> int:
     return steps * cfg.n_envs
 
 
+def check_device(device: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; CUDA only where a device is visible."""
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"device={device!r} is not a device", "use device=auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA device is visible", "use device=auto or device=cpu")
+
+
 def build_model(cfg: AgentConfig, env: VecEnv, seed: int, device: str = "auto") -> BaseAlgorithm:
     """A fresh SB3 algorithm on ``env`` with the config's hyper-parameters."""
+    check_device(device)
     check_agent(cfg, env.action_space, "?")
     try:
         return ALGORITHMS[cfg.algo](

@@ -25,8 +25,17 @@ from retain.config import load_config
 
 
 def overrides(args, run_dir: str) -> list[str]:
-    return ["sequence=single", f"env={args.env}", f"agent={args.agent}", f"sequence.steps_per_task={args.steps}", f"run_dir={run_dir}",
-            "eval.during=none", "sequence.eval_episodes=1", "progress=false", f"chunks_per_task={args.chunks}"]
+    return [
+        "sequence=single",
+        f"env={args.env}",
+        f"agent={args.agent}",
+        f"sequence.steps_per_task={args.steps}",
+        f"run_dir={run_dir}",
+        "eval.during=none",
+        "sequence.eval_episodes=1",
+        "progress=false",
+        f"chunks_per_task={args.chunks}",
+    ]
 
 
 def raw_sb3(args) -> float:
@@ -66,7 +75,9 @@ def main() -> None:
         train.append(t)
         with_ckpt.append(c)
     r, t, c = statistics.median(raw), statistics.median(train), statistics.median(with_ckpt)
-    print(f"config: env={args.env} agent={args.agent} steps={args.steps} chunks={args.chunks} repeats={args.repeats} (medians)")
+    print(
+        f"config: env={args.env} agent={args.agent} steps={args.steps} chunks={args.chunks} repeats={args.repeats} (medians)"
+    )
     print(f"raw SB3            {r:10.0f} steps/s")
     print(f"retain train       {t:10.0f} steps/s   ratio {t / r:.3f}")
     print(f"retain train+ckpt  {c:10.0f} steps/s   ratio {c / r:.3f}   (goal >= 0.97)")

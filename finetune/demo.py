@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.methods import MethodConfig
 from finetune.sequence import SequenceJobConfig, run_sequence
 from retain.config import to_container
+from retain.metrics import METRIC_KEYS
 from retain.report import compare_runs
 from retain.rundir import prepare_run_dir, write_summary
+from retain.tracking import Tracker
 
 
 @dataclass
@@ -35,7 +37,10 @@ class DemoJobConfig(SequenceJobConfig):
 def method_config(cfg: DictConfig, name: str) -> DictConfig:
     """The sequence-job config of one method of the demo."""
     base = {k: v for k, v in to_container(cfg).items() if k not in ("methods", "workers")}
-    base.update(method=to_container(cfg.methods[name]), run_dir=str(Path(cfg.run_dir) / name), resume=bool(cfg.resume))
+    run_dir = Path(cfg.run_dir) / name
+    # a resumed demo resumes the methods that had started and starts the others
+    resume = bool(cfg.resume) and (run_dir / "config.yaml").exists()
+    base.update(method=to_container(cfg.methods[name]), run_dir=str(run_dir), resume=resume)
     return OmegaConf.merge(OmegaConf.structured(SequenceJobConfig), base)
 
 
@@ -57,7 +62,13 @@ def run_demo(cfg: DictConfig) -> dict:
     prepare_run_dir(cfg)
     names = list(cfg.methods)
     children = [method_config(cfg, name) for name in names]
-    if cfg.workers > 1 and len(children) > 1:
+    parallel = cfg.workers > 1 and len(children) > 1
+    print(
+        f"retain demo: sequence {cfg.sequence.name} with {', '.join(names)}"
+        + (f" in {min(cfg.workers, len(children))} processes" if parallel else ""),
+        flush=True,
+    )
+    if parallel:
         for child in children:
             child.progress = False  # parallel bars would interleave; the summary line reports each
         with ProcessPoolExecutor(
@@ -68,6 +79,11 @@ def run_demo(cfg: DictConfig) -> dict:
         summaries = [run_sequence(child) for child in children]
     compare_runs([c.run_dir for c in children], cfg.run_dir)
     summary = {"job": "demo", "wall_time_s": time.perf_counter() - started, "runs": dict(zip(names, summaries))}
+    with Tracker(cfg.run_dir, cfg.logger, resume_offset=None) as tracker:
+        scalars = {
+            f"cl/{name}/{k}": v for name, s in zip(names, summaries) for k in METRIC_KEYS if (v := s.get(k)) is not None
+        }
+        tracker.log(scalars, step=max(s["steps"] for s in summaries))
     write_summary(cfg.run_dir, summary)
     for name, s in zip(names, summaries):
         print(

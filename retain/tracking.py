@@ -6,6 +6,7 @@ imported only when chosen and runs offline unless the config sets ``wandb_mode: 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -82,7 +83,8 @@ class Tracker:
                 raise ConfigError(
                     f"logger.wandb_mode={cfg.wandb_mode!r} is not a wandb mode", "use offline, online or disabled"
                 )
-            run_id = (run_name or self.run_dir.name).replace("/", "-")
+            # the id is the run directory's, so a resumed run continues its wandb run and no two runs collide
+            run_id = hashlib.sha1(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
             self._wandb = wandb.init(
                 project=cfg.wandb_project,
                 entity=cfg.wandb_entity,
@@ -114,6 +116,12 @@ class Tracker:
                     self._tb.add_scalar(key, value, int(step))
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in clean.items() if v is not None}, step=int(step))
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if not self._file.closed:

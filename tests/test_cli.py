@@ -127,3 +127,12 @@ def test_joblib_launcher_runs_a_sweep(cli, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 2
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(cli):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    proc = cli("sequence", "device=cuda", "run_dir=out", *TINY)
+    assert proc.returncode == 2 and "no CUDA device" in error_lines(proc)[0]
