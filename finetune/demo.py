@@ -7,6 +7,7 @@ run in parallel worker processes (``workers=2`` on a 2-core machine).
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,17 +31,19 @@ class DemoJobConfig(SequenceJobConfig):
 
     methods: dict[str, MethodConfig] = field(default_factory=dict)
     """the methods to run, by name (each one is a method/ config)"""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """each method runs once per seed; the report aggregates seeds with a 90% bootstrap CI"""
     workers: int = 2
-    """method runs in parallel processes (1: one after another in this process)"""
+    """runs in parallel processes (1: one after another in this process)"""
 
 
-def method_config(cfg: DictConfig, name: str) -> DictConfig:
-    """The sequence-job config of one method of the demo."""
-    base = {k: v for k, v in to_container(cfg).items() if k not in ("methods", "workers")}
-    run_dir = Path(cfg.run_dir) / name
+def method_config(cfg: DictConfig, name: str, seed: int) -> DictConfig:
+    """The sequence-job config of one (method, seed) run of the demo."""
+    base = {k: v for k, v in to_container(cfg).items() if k not in ("methods", "workers", "seeds")}
+    run_dir = Path(cfg.run_dir) / name / f"seed_{seed}"
     # a resumed demo resumes the methods that had started and starts the others
     resume = bool(cfg.resume) and (run_dir / "config.yaml").exists()
-    base.update(method=to_container(cfg.methods[name]), run_dir=str(run_dir), resume=resume)
+    base.update(method=to_container(cfg.methods[name]), run_dir=str(run_dir), resume=resume, seed=seed)
     return OmegaConf.merge(OmegaConf.structured(SequenceJobConfig), base)
 
 
@@ -61,33 +64,50 @@ def run_demo(cfg: DictConfig) -> dict:
         raise ConfigError("demo has no methods to compare", "add some, e.g. +methods.finetune.name=finetune")
     prepare_run_dir(cfg)
     names = list(cfg.methods)
-    children = [method_config(cfg, name) for name in names]
+    runs = [(name, seed) for name in names for seed in cfg.seeds]
+    children = [method_config(cfg, name, seed) for name, seed in runs]
     parallel = cfg.workers > 1 and len(children) > 1
+    where = f" in {min(cfg.workers, len(children))} processes" if parallel else ""
     print(
-        f"retain demo: sequence {cfg.sequence.name} with {', '.join(names)}"
-        + (f" in {min(cfg.workers, len(children))} processes" if parallel else ""),
+        f"retain demo: sequence {cfg.sequence.name}, methods {', '.join(names)}, seeds {list(cfg.seeds)}: {len(runs)} runs{where}",
         flush=True,
     )
     if parallel:
         for child in children:
-            child.progress = False  # parallel bars would interleave; the summary line reports each
+            child.progress = False  # parallel bars would interleave; a line per finished run instead
         with ProcessPoolExecutor(
             max_workers=min(cfg.workers, len(children)), mp_context=mp.get_context("spawn")
         ) as pool:
-            summaries = list(pool.map(_run_child, [OmegaConf.to_yaml(c) for c in children]))
+            summaries = []
+            for (name, seed), s in zip(runs, pool.map(_run_child, [OmegaConf.to_yaml(c) for c in children])):
+                summaries.append(s)
+                print(
+                    f"  {name} seed {seed}: forgetting {s['forgetting']:.3f}  average {s['average']:.3f}  ({s['wall_time_s']:.0f} s)",
+                    flush=True,
+                )
     else:
         summaries = [run_sequence(child) for child in children]
     compare_runs([c.run_dir for c in children], cfg.run_dir)
-    summary = {"job": "demo", "wall_time_s": time.perf_counter() - started, "runs": dict(zip(names, summaries))}
+    comparison = json.loads((Path(cfg.run_dir) / "comparison.json").read_text())["groups"]
+    summary = {
+        "job": "demo",
+        "wall_time_s": time.perf_counter() - started,
+        "groups": comparison,
+        "runs": {f"{name}/seed_{seed}": s for (name, seed), s in zip(runs, summaries)},
+    }
     with Tracker(cfg.run_dir, cfg.logger, resume_offset=None) as tracker:
         scalars = {
-            f"cl/{name}/{k}": v for name, s in zip(names, summaries) for k in METRIC_KEYS if (v := s.get(k)) is not None
+            f"cl/{label.split(' ')[0]}/{k}": agg[k]["mean"]
+            for label, agg in comparison.items()
+            for k in METRIC_KEYS
+            if agg[k]["mean"] is not None
         }
         tracker.log(scalars, step=max(s["steps"] for s in summaries))
     write_summary(cfg.run_dir, summary)
-    for name, s in zip(names, summaries):
+    for label, agg in comparison.items():
+        f = agg["forgetting"]
         print(
-            f"{name:>10}: average {s['average']:.3f}  forgetting {s['forgetting']:.3f}  plasticity {s['plasticity']:.3f}  ({s['wall_time_s']:.0f} s)"
+            f"{label.split(' ')[0]:>10}: forgetting {f['mean']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]  average {agg['average']['mean']:.3f}  plasticity {agg['plasticity']['mean']:.3f}  (mean [90% CI] over {f['n']} seeds)"
         )
     print(f"report: {Path(cfg.run_dir) / 'report.md'}")
     return summary

@@ -116,16 +116,31 @@ def plot_heatmap(run: dict, path: Path, title: str | None = None) -> None:
 
 
 def plot_curves(runs: list[dict], path: Path) -> None:
-    """One panel per task; one line per run; dashed lines mark task boundaries."""
+    """One panel per task; one line per label (the mean over its seeds, shaded min–max);
+    dashed lines mark task boundaries."""
     tasks = runs[0]["results"]["tasks"]
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[label_of(run)].append(run)
     cols = min(len(tasks), 3)
     rows = int(np.ceil(len(tasks) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False, sharey=True)
     for k, task in enumerate(tasks):
         ax = axes[k // cols][k % cols]
-        for run in runs:
-            steps, values = _curves(run).get(task, ([], []))
-            ax.plot(steps, values, marker=".", label=label_of(run) if len(runs) > 1 else None)
+        for label, members in groups.items():
+            curves = [_curves(run).get(task, ([], [])) for run in members]
+            steps = sorted(set.intersection(*(set(c[0]) for c in curves)))  # steps every seed evaluated at
+            if not steps:
+                continue
+            values = np.array([[dict(zip(*c))[s] for s in steps] for c in curves])
+            ax.plot(
+                steps,
+                values.mean(axis=0),
+                marker=".",
+                label=f"{label} (n={len(members)})" if len(groups) > 1 or len(members) > 1 else None,
+            )
+            if len(members) > 1:
+                ax.fill_between(steps, values.min(axis=0), values.max(axis=0), alpha=0.2)
         for b in runs[0]["results"].get("task_boundaries", [])[:-1]:
             ax.axvline(b, color="grey", ls="--", lw=0.8)
         ax.set_title(task)
@@ -134,7 +149,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
         ax.set_ylabel(runs[0]["results"]["metric"])
     for k in range(len(tasks), rows * cols):
         axes[k // cols][k % cols].axis("off")
-    if len(runs) > 1:
+    if len(groups) > 1 or len(runs) > 1:
         axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
