@@ -135,6 +135,12 @@ def _task(job: str):
         resumed = bool(cfg.resume)
         try:
             return run(cfg)
+        except KeyboardInterrupt:
+            print(
+                f"\nretain: interrupted — continue with: retain {job} run_dir={run_dir} resume=true (and the same overrides)",
+                file=sys.stderr,
+            )
+            sys.exit(130)
         except UserError as e:
             if not resumed:  # the CLI checked the directory was new or empty: nothing half-written stays
                 shutil.rmtree(run_dir, ignore_errors=True)
