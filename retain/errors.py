@@ -19,3 +19,7 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, incomplete, corrupt, or does not fit the model."""
+
+
+class DatasetError(UserError):
+    """A dataset that is missing, malformed or does not fit the task (names the file and field)."""
