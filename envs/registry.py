@@ -1,15 +1,25 @@
-"""Build environments by id: any gymnasium id, and Meta-World v3 tasks through ``Meta-World/MT1``.
+"""Build environments by id, one ``make_env(spec)`` for every family:
 
-``make_env(spec, seed)`` returns a thunk (as CleanRL and SB3 expect); ``check_env_spec`` fails
-early, with one clear line, on ids that do not exist.
+- any gymnasium id (``CartPole-v1``, ``FrozenLake-v1``, MiniGrid ids);
+- Meta-World v3 tasks: ``Meta-World/MT1`` with ``kwargs.env_name=<task>-v3`` (39-d state, 4-d
+  actions, ``info["success"]``), or 64/84-px pixels with ``pixels: 64``;
+- BabyAI levels (``BabyAI-*``) with the mission as ``spaces.Text`` next to the image grid;
+- DMControl through shimmy (``dm_control/<domain>-<task>-v0``), observations flattened;
+- the multi-goal point mass (``retain/PointMass-v0``, ``retain/PointMassPixels-v0``).
+
+``make_env`` returns a thunk (as CleanRL and SB3 expect); ``check_env_spec`` fails early, with one
+clear line, on ids that do not exist.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from collections.abc import Callable
 
 import gymnasium as gym
+import numpy as np
 
 from envs.spec import EnvSpec
 from retain.errors import ConfigError
@@ -17,39 +27,43 @@ from retain.errors import ConfigError
 METAWORLD_IDS = ("Meta-World/MT1",)
 
 
+# Families whose ids exist only once a package is imported: (id prefix, module, pip requirement).
+FAMILY_MODULES = (
+    ("Meta-World/", "metaworld", "metaworld>=3"),
+    ("MiniGrid-", "minigrid", "minigrid"),
+    ("BabyAI-", "minigrid", "minigrid"),
+    ("dm_control/", "shimmy", "shimmy[dm-control]"),
+)
+
+
 def _register_family(env_id: str) -> None:
-    """Import the package that registers ``env_id``'s family with gymnasium, only when asked for."""
-    if env_id.startswith("Meta-World/"):
-        try:
-            import metaworld  # noqa: F401  (registers Meta-World/* ids)
-        except ImportError as e:
-            raise ConfigError(f"env {env_id} needs the metaworld package", "pip install 'metaworld>=3'") from e
-    elif env_id.startswith(("MiniGrid-", "BabyAI-")):
-        try:
-            import minigrid  # noqa: F401
-        except ImportError as e:
-            raise ConfigError(f"env {env_id} needs the minigrid package", "pip install minigrid") from e
+    """Import what registers ``env_id``'s family with gymnasium, only when that family is asked for."""
+    if env_id.startswith("retain/"):
+        from envs import pointmass
+
+        pointmass.register()
+        return
+    for prefix, module, requirement in FAMILY_MODULES:
+        if env_id.startswith(prefix):
+            if module == "shimmy":
+                _choose_gl_backend()  # dm_control picks its GL backend at import
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ConfigError(f"env {env_id} needs the {module} package", f"pip install '{requirement}'") from e
 
 
 def _check_metaworld_name(spec: EnvSpec) -> None:
     name = spec.kwargs.get("env_name")
     if not name:
-        raise ConfigError(
-            f"{spec.id} needs kwargs.env_name (a Meta-World v3 task such as hammer-v3)",
-            "set env.kwargs.env_name=<task>-v3",
-        )
+        raise ConfigError(f"{spec.id} needs kwargs.env_name (a Meta-World v3 task such as hammer-v3)", "set env.kwargs.env_name=<task>-v3")
     old = re.fullmatch(r"(.+)-v[12]", str(name))
     if old:
-        raise ConfigError(
-            f"Meta-World task {name!r} is a v1/v2 name; this Meta-World serves v3 tasks",
-            f"use env_name={old.group(1)}-v3",
-        )
+        raise ConfigError(f"Meta-World task {name!r} is a v1/v2 name; this Meta-World serves v3 tasks", f"use env_name={old.group(1)}-v3")
     import metaworld
 
     if name not in metaworld.ALL_V3_ENVIRONMENTS:
-        raise ConfigError(
-            f"unknown Meta-World task {name!r}", "pick one of metaworld.ALL_V3_ENVIRONMENTS, e.g. hammer-v3"
-        )
+        raise ConfigError(f"unknown Meta-World task {name!r}", "pick one of metaworld.ALL_V3_ENVIRONMENTS, e.g. hammer-v3")
 
 
 def check_env_spec(spec: EnvSpec) -> None:
@@ -65,24 +79,95 @@ def check_env_spec(spec: EnvSpec) -> None:
         ) from e
     if spec.id in METAWORLD_IDS:
         _check_metaworld_name(spec)
+    if spec.pixels not in (None, 64, 84):
+        raise ConfigError(f"env.pixels={spec.pixels} is not supported", "use pixels=64 or pixels=84 (or null for state)")
+
+
+def _choose_gl_backend() -> None:
+    # MuJoCo renders offscreen through EGL on GPU machines; CPU machines fall back to OSMesa.
+    if "MUJOCO_GL" not in os.environ:
+        os.environ["MUJOCO_GL"] = "egl" if os.path.exists("/dev/dri") or os.path.exists("/dev/nvidia0") else "osmesa"
+
+
+class PixelObservation(gym.ObservationWrapper):
+    """Replace the observation by the rendered frame (uint8, size×size×3)."""
+
+    def __init__(self, env: gym.Env, size: int):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+
+    def observation(self, observation):
+        return np.ascontiguousarray(self.env.render(), dtype=np.uint8)
+
+
+class PadObservation(gym.ObservationWrapper):
+    """Zero-pad a flat observation to ``size`` dims, so tasks of one sequence share a space (as L2M does for DMC)."""
+
+    def __init__(self, env: gym.Env, size: int):
+        super().__init__(env)
+        n = env.observation_space.shape[0]
+        if size < n:
+            raise ConfigError(f"pad_obs_to={size} is smaller than the observation ({n} dims)", f"use pad_obs_to>={n}")
+        low = np.concatenate([env.observation_space.low, np.full(size - n, -np.inf)]).astype(np.float32)
+        high = np.concatenate([env.observation_space.high, np.full(size - n, np.inf)]).astype(np.float32)
+        self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
+        self._pad = size - n
+
+    def observation(self, observation):
+        return np.concatenate([np.asarray(observation, np.float32), np.zeros(self._pad, np.float32)])
+
+
+class PadAction(gym.ActionWrapper):
+    """Accept ``size``-dim actions in [-1, 1] and pass the env only the dims it has (the rest are ignored)."""
+
+    def __init__(self, env: gym.Env, size: int):
+        super().__init__(env)
+        n = env.action_space.shape[0]
+        if size < n:
+            raise ConfigError(f"pad_action_to={size} is smaller than the action ({n} dims)", f"use pad_action_to>={n}")
+        self._n = n
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (size,), np.float32)
+
+    def action(self, action):
+        return np.asarray(action, dtype=self.env.action_space.dtype)[: self._n]
+
+
+def _make_raw(spec: EnvSpec) -> gym.Env:
+    kwargs = dict(spec.kwargs)
+    if spec.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = spec.max_episode_steps
+    if spec.id in METAWORLD_IDS:
+        # Meta-World's `seed` kwarg picks the task's goal variant: part of the task, so fixed (default 0).
+        kwargs.setdefault("seed", 0)
+    if spec.pixels and not spec.id.startswith("retain/"):
+        _choose_gl_backend()
+        kwargs.update(render_mode="rgb_array", width=spec.pixels, height=spec.pixels)
+    if spec.id.startswith("BabyAI-"):
+        from envs.babyai import make_babyai
+
+        return make_babyai(spec.id, **kwargs)
+    env = gym.make(spec.id, **kwargs)
+    if spec.pixels and not spec.id.startswith("retain/"):
+        env = PixelObservation(env, spec.pixels)
+    if spec.id.startswith("dm_control/") and not spec.pixels:
+        env = gym.wrappers.FlattenObservation(env)
+        env = gym.wrappers.TransformObservation(env, lambda o: o.astype(np.float32), gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32))
+    if spec.pad_obs_to:
+        env = PadObservation(env, spec.pad_obs_to)
+    if spec.pad_action_to:
+        env = PadAction(env, spec.pad_action_to)
+    return env
 
 
 def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
     """A thunk that builds the environment of ``spec`` (wrapped in SB3's Monitor for episode stats).
 
-    Episodes are seeded through ``reset(seed=...)`` by the caller. Meta-World's ``seed`` kwarg picks
-    the task's goal variant instead, so it is part of the task: fixed to ``kwargs.seed`` (default 0)
-    rather than drawn anew for every env.
+    Episodes are seeded through ``reset(seed=...)`` by the caller.
     """
 
     def thunk() -> gym.Env:
         _register_family(spec.id)
-        kwargs = dict(spec.kwargs)
-        if spec.id in METAWORLD_IDS:
-            kwargs.setdefault("seed", 0)
-        if spec.max_episode_steps is not None:
-            kwargs["max_episode_steps"] = spec.max_episode_steps
-        env = gym.make(spec.id, **kwargs)
+        env = _make_raw(spec)
         if monitor:
             from stable_baselines3.common.monitor import Monitor
 

@@ -20,6 +20,12 @@ class EnvSpec:
     """episode step limit; None keeps the registered one"""
     success_threshold: float | None = None
     """an episode counts as a success when its return reaches this; None uses info['success'] / info['is_success']"""
+    pixels: int | None = None
+    """render observations as pixels×pixels×3 uint8 frames (64 or 84); None keeps the env's own observation"""
+    pad_obs_to: int | None = None
+    """zero-pad flat observations to this many dims (tasks of a sequence then share a space, as in L2M)"""
+    pad_action_to: int | None = None
+    """accept actions of this many dims and pass the env the dims it has"""
 
 
 @dataclass

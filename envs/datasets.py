@@ -1,0 +1,248 @@
+"""Trajectory datasets in Minari's format (HDF5 backend), written without jax, read with validation.
+
+Minari's ``DataCollector`` (and ``EpisodeBuffer.add_step_data``) import jax; retain builds whole
+``EpisodeBuffer``s from stacked arrays instead and hands them to ``minari.create_dataset_from_buffers``.
+Datasets live under ``RETAIN_DATA`` (default ``~/.cache/retain/data``), which is set as Minari's
+``MINARI_DATASETS_PATH`` while retain reads or writes. Next to Minari's files each dataset has a
+``retain.json``: the env spec that rebuilds its task, the expert's identity and the data-quality knobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.spec import EnvSpec
+from retain.errors import DatasetError
+from retain.io import write_json_atomic
+
+SIDECAR = "retain.json"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*-v\d+$")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("RETAIN_DATA", Path.home() / ".cache" / "retain" / "data")).expanduser()
+
+
+@contextlib.contextmanager
+def minari_root() -> Iterator[Path]:
+    """Point Minari at retain's data root for the duration of the block."""
+    root = data_root()
+    root.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        yield root
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def _stack(values: list) -> Any:
+    """Stack a list of per-step observations/actions into what Minari stores (dicts recurse, text stays a list)."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {key: _stack([v[key] for v in values]) for key in first}
+    if isinstance(first, str):
+        return list(values)
+    return np.stack([np.asarray(v) for v in values])
+
+
+def episode_buffer(episode_id: int, seed: int | None, observations: list, actions: list, rewards: list, terminations: list, truncations: list, infos: dict[str, list] | None = None):
+    """One episode as a Minari ``EpisodeBuffer``: T+1 observations, T of everything else."""
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    if len(observations) != len(actions) + 1:
+        raise ValueError(f"episode {episode_id}: need len(observations) == len(actions) + 1, got {len(observations)} and {len(actions)}")
+    return EpisodeBuffer(
+        id=episode_id, seed=seed, observations=_stack(observations), actions=_stack(actions),
+        rewards=[float(r) for r in rewards], terminations=[bool(t) for t in terminations], truncations=[bool(t) for t in truncations],
+        infos={k: np.asarray(v) for k, v in (infos or {}).items()},
+    )
+
+
+def dataset_dir(dataset_id: str) -> Path:
+    return data_root().joinpath(*dataset_id.split("/"))
+
+
+def write_dataset(
+    dataset_id: str, buffers: list, *, observation_space: gym.Space, action_space: gym.Space, env_spec: EnvSpec, expert: str,
+    ref_min_score: float | None = None, ref_max_score: float | None = None, extra: dict | None = None, description: str = "", overwrite: bool = False,
+) -> Path:
+    """Write a Minari dataset (HDF5) plus retain's sidecar; returns its directory."""
+    import minari
+
+    if not ID_PATTERN.match(dataset_id):
+        raise DatasetError(f"dataset id {dataset_id!r} is not a Minari id", "use namespace/name-v0, e.g. retain/hammer/expert-v0")
+    path = dataset_dir(dataset_id)
+    with minari_root():
+        if path.exists():
+            if not overwrite:
+                raise DatasetError(f"dataset {dataset_id} already exists at {path}", "pass dataset.overwrite=true or choose another dataset name")
+            minari.delete_dataset(dataset_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Minari warns about missing author/permalink fields
+            minari.create_dataset_from_buffers(
+                dataset_id, buffers, observation_space=observation_space, action_space=action_space, algorithm_name=expert,
+                author="retain", code_permalink="retain collect", ref_min_score=ref_min_score, ref_max_score=ref_max_score,
+                description=description or f"{expert} on {env_spec.id}", data_format="hdf5", jpeg_encoding=False,
+            )
+    write_json_atomic(path / SIDECAR, {"env_spec": asdict(env_spec), "expert": expert, **(extra or {})})
+    return path
+
+
+def _resolve(id_or_path: str) -> tuple[str | None, Path]:
+    path = Path(id_or_path).expanduser()
+    if path.exists():
+        return None, path
+    return id_or_path, dataset_dir(id_or_path)
+
+
+def load_dataset(id_or_path: str, validate: bool = True):
+    """Open a dataset by Minari id (under RETAIN_DATA) or by directory; malformed files get a DatasetError."""
+    from minari.dataset.minari_dataset import MinariDataset
+
+    dataset_id, path = _resolve(id_or_path)
+    data_path = path / "data"
+    if not data_path.is_dir():
+        where = f"under RETAIN_DATA={data_root()}" if dataset_id else "there"
+        raise DatasetError(f"dataset {id_or_path} not found {where} (no {data_path})", "collect it with `retain collect`, or list what exists with `retain data list`")
+    for name in ("main_data.hdf5", "metadata.json"):
+        if not (data_path / name).is_file():
+            raise DatasetError(f"dataset {path} is incomplete: data/{name} is missing", "collect it again with dataset.overwrite=true")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = MinariDataset(data_path)
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as e:
+        raise DatasetError(f"dataset {path} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", "its files are truncated or corrupt; collect it again") from e
+    if validate:
+        validate_dataset(dataset, path)
+    return dataset
+
+
+def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from _leaves(sub, f"{prefix}/{key}")
+    else:
+        yield prefix, value
+
+
+def validate_dataset(dataset, path: Path) -> None:
+    """Every episode has its fields, consistent lengths, finite numbers and the dtypes of its spaces."""
+    import h5py
+
+    try:
+        with h5py.File(path / "data" / "main_data.hdf5", "r") as f:
+            names = list(f.keys())
+            if not names:
+                raise DatasetError(f"dataset {path} holds no episodes", "collect it again")
+            for name in names:
+                group = f[name]
+                where = f"{path}/data/main_data.hdf5:{name}"
+                for field in ("observations", "actions", "rewards", "terminations", "truncations"):
+                    if field not in group:
+                        raise DatasetError(f"{where} lacks the field {field!r}", "the file is not a complete Minari episode; collect it again")
+                T = group["rewards"].shape[0]
+                for field in ("terminations", "truncations"):
+                    if group[field].shape[0] != T:
+                        raise DatasetError(f"{where}/{field} has {group[field].shape[0]} steps but rewards has {T}", "the episode is corrupt; collect it again")
+                for field, expected in (("observations", T + 1), ("actions", T)):
+                    for leaf, data in _leaves(_read(group[field]), field):
+                        if len(data) != expected:
+                            raise DatasetError(f"{where}/{leaf} has {len(data)} entries, expected {expected}", "observations need T+1 entries and actions T")
+                        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+                            raise DatasetError(f"{where}/{leaf} holds NaN or inf", "drop the episode or collect it again")
+                rewards = group["rewards"][()]
+                if rewards.dtype.kind not in "fiu":
+                    raise DatasetError(f"{where}/rewards has dtype {rewards.dtype}, expected numbers", "the file was not written by a Minari writer")
+                if not np.all(np.isfinite(rewards)):
+                    raise DatasetError(f"{where}/rewards holds NaN or inf", "drop the episode or collect it again")
+    except OSError as e:
+        raise DatasetError(f"dataset {path}/data/main_data.hdf5 is truncated or corrupt ({e})", "collect it again") from e
+    action_space = dataset.spec.action_space
+    if isinstance(action_space, gym.spaces.Box):
+        first = dataset[0].actions
+        if np.asarray(first).dtype.kind != "f":
+            raise DatasetError(f"dataset {path}: actions have dtype {np.asarray(first).dtype} but the action space is {action_space}", "the actions were stored with the wrong type; collect it again")
+
+
+def _read(node) -> Any:
+    import h5py
+
+    if isinstance(node, h5py.Group):
+        return {key: _read(node[key]) for key in node}
+    return node[()]
+
+
+def dataset_info(id_or_path: str) -> dict:
+    """Episodes, steps, return and success statistics, spaces, expert and env spec of a dataset."""
+    dataset = load_dataset(id_or_path)
+    _, path = _resolve(id_or_path)
+    returns, lengths, successes = [], [], []
+    for episode in dataset.iterate_episodes():
+        returns.append(float(np.sum(episode.rewards)))
+        lengths.append(len(episode.rewards))
+        success = episode.infos.get("success") if isinstance(episode.infos, dict) else None
+        if success is not None and len(success):
+            successes.append(float(np.any(success)))
+    sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
+    meta = dataset.storage.metadata
+    return {
+        "id": meta.get("dataset_id", str(path)), "path": str(path), "episodes": len(returns), "steps": int(np.sum(lengths)),
+        "return": {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "min": float(np.min(returns)), "max": float(np.max(returns))},
+        "episode_length": {"mean": float(np.mean(lengths)), "min": int(np.min(lengths)), "max": int(np.max(lengths))},
+        "success_rate": float(np.mean(successes)) if successes else None,
+        "observation_space": str(dataset.spec.observation_space), "action_space": str(dataset.spec.action_space),
+        "expert": meta.get("algorithm_name"), "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
+        **{k: v for k, v in sidecar.items() if k != "expert"},
+    }
+
+
+def list_datasets() -> list[dict]:
+    """Every dataset under RETAIN_DATA (id, episodes, steps, expert), found by its metadata file."""
+    root = data_root()
+    out = []
+    for meta_file in sorted(root.rglob("data/metadata.json")):
+        path = meta_file.parent.parent
+        try:
+            meta = json.loads(meta_file.read_text())
+            out.append({"id": meta.get("dataset_id", str(path.relative_to(root))), "episodes": meta.get("total_episodes"), "steps": meta.get("total_steps"), "expert": meta.get("algorithm_name"), "path": str(path)})
+        except (json.JSONDecodeError, OSError):
+            out.append({"id": str(path.relative_to(root)), "episodes": None, "steps": None, "expert": "(unreadable metadata)", "path": str(path)})
+    return out
+
+
+def write_action_free(path: str | Path, episodes: list[np.ndarray], metadata: dict) -> Path:
+    """Observations only (the VPT setting: video without actions), as one HDF5 file.
+
+    Layout: ``observations`` (all episodes' observations concatenated), ``episode_starts`` (index of
+    each episode's first observation) and ``metadata/*`` attributes. Written to a temp file and renamed.
+    """
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    starts = np.cumsum([0] + [len(e) for e in episodes[:-1]])
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("observations", data=np.concatenate(episodes), compression="gzip")
+        f.create_dataset("episode_starts", data=starts.astype(np.int64))
+        group = f.create_group("metadata")
+        for key, value in metadata.items():
+            group.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+    os.replace(tmp, path)
+    return path
