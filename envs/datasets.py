@@ -60,15 +60,31 @@ def _stack(values: list) -> Any:
     return np.stack([np.asarray(v) for v in values])
 
 
-def episode_buffer(episode_id: int, seed: int | None, observations: list, actions: list, rewards: list, terminations: list, truncations: list, infos: dict[str, list] | None = None):
+def episode_buffer(
+    episode_id: int,
+    seed: int | None,
+    observations: list,
+    actions: list,
+    rewards: list,
+    terminations: list,
+    truncations: list,
+    infos: dict[str, list] | None = None,
+):
     """One episode as a Minari ``EpisodeBuffer``: T+1 observations, T of everything else."""
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
     if len(observations) != len(actions) + 1:
-        raise ValueError(f"episode {episode_id}: need len(observations) == len(actions) + 1, got {len(observations)} and {len(actions)}")
+        raise ValueError(
+            f"episode {episode_id}: need len(observations) == len(actions) + 1, got {len(observations)} and {len(actions)}"
+        )
     return EpisodeBuffer(
-        id=episode_id, seed=seed, observations=_stack(observations), actions=_stack(actions),
-        rewards=[float(r) for r in rewards], terminations=[bool(t) for t in terminations], truncations=[bool(t) for t in truncations],
+        id=episode_id,
+        seed=seed,
+        observations=_stack(observations),
+        actions=_stack(actions),
+        rewards=[float(r) for r in rewards],
+        terminations=[bool(t) for t in terminations],
+        truncations=[bool(t) for t in truncations],
         infos={k: np.asarray(v) for k, v in (infos or {}).items()},
     )
 
@@ -78,27 +94,56 @@ def dataset_dir(dataset_id: str) -> Path:
 
 
 def write_dataset(
-    dataset_id: str, buffers: list, *, observation_space: gym.Space, action_space: gym.Space, env_spec: EnvSpec, expert: str,
-    ref_min_score: float | None = None, ref_max_score: float | None = None, extra: dict | None = None, description: str = "", overwrite: bool = False,
+    dataset_id: str,
+    buffers: list,
+    *,
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    env_spec: EnvSpec,
+    expert: str,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    extra: dict | None = None,
+    description: str = "",
+    overwrite: bool = False,
 ) -> Path:
     """Write a Minari dataset (HDF5) plus retain's sidecar; returns its directory."""
     import minari
 
     if not ID_PATTERN.match(dataset_id):
-        raise DatasetError(f"dataset id {dataset_id!r} is not a Minari id", "use namespace/name-v0, e.g. retain/hammer/expert-v0")
+        raise DatasetError(
+            f"dataset id {dataset_id!r} is not a Minari id", "use namespace/name-v0, e.g. retain/hammer/expert-v0"
+        )
     path = dataset_dir(dataset_id)
     with minari_root():
         if path.exists():
             if not overwrite:
-                raise DatasetError(f"dataset {dataset_id} already exists at {path}", "pass dataset.overwrite=true or choose another dataset name")
+                raise DatasetError(
+                    f"dataset {dataset_id} already exists at {path}",
+                    "pass dataset.overwrite=true or choose another dataset name",
+                )
             minari.delete_dataset(dataset_id)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari warns about missing author/permalink fields
             minari.create_dataset_from_buffers(
-                dataset_id, buffers, observation_space=observation_space, action_space=action_space, algorithm_name=expert,
-                author="retain", code_permalink="retain collect", ref_min_score=ref_min_score, ref_max_score=ref_max_score,
-                description=description or f"{expert} on {env_spec.id}", data_format="hdf5", jpeg_encoding=False,
+                dataset_id,
+                buffers,
+                observation_space=observation_space,
+                action_space=action_space,
+                algorithm_name=expert,
+                author="retain",
+                code_permalink="retain collect",
+                description=description or f"{expert} on {env_spec.id}",
+                data_format="hdf5",
+                jpeg_encoding=False,
             )
+    # Minari records reference scores only when it can build the env itself from a gymnasium spec;
+    # retain's envs carry wrappers, so the scores go into the metadata file directly (same keys).
+    meta_path = path / "data" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    if ref_min_score is not None and ref_max_score is not None:
+        meta.update(ref_min_score=float(ref_min_score), ref_max_score=float(ref_max_score))
+    write_json_atomic(meta_path, meta)
     write_json_atomic(path / SIDECAR, {"env_spec": asdict(env_spec), "expert": expert, **(extra or {})})
     return path
 
@@ -118,16 +163,24 @@ def load_dataset(id_or_path: str, validate: bool = True):
     data_path = path / "data"
     if not data_path.is_dir():
         where = f"under RETAIN_DATA={data_root()}" if dataset_id else "there"
-        raise DatasetError(f"dataset {id_or_path} not found {where} (no {data_path})", "collect it with `retain collect`, or list what exists with `retain data list`")
+        raise DatasetError(
+            f"dataset {id_or_path} not found {where} (no {data_path})",
+            "collect it with `retain collect`, or list what exists with `retain data list`",
+        )
     for name in ("main_data.hdf5", "metadata.json"):
         if not (data_path / name).is_file():
-            raise DatasetError(f"dataset {path} is incomplete: data/{name} is missing", "collect it again with dataset.overwrite=true")
+            raise DatasetError(
+                f"dataset {path} is incomplete: data/{name} is missing", "collect it again with dataset.overwrite=true"
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = MinariDataset(data_path)
     except (OSError, json.JSONDecodeError, KeyError, ValueError) as e:
-        raise DatasetError(f"dataset {path} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", "its files are truncated or corrupt; collect it again") from e
+        raise DatasetError(
+            f"dataset {path} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            "its files are truncated or corrupt; collect it again",
+        ) from e
     if validate:
         validate_dataset(dataset, path)
     return dataset
@@ -155,29 +208,48 @@ def validate_dataset(dataset, path: Path) -> None:
                 where = f"{path}/data/main_data.hdf5:{name}"
                 for field in ("observations", "actions", "rewards", "terminations", "truncations"):
                     if field not in group:
-                        raise DatasetError(f"{where} lacks the field {field!r}", "the file is not a complete Minari episode; collect it again")
+                        raise DatasetError(
+                            f"{where} lacks the field {field!r}",
+                            "the file is not a complete Minari episode; collect it again",
+                        )
                 T = group["rewards"].shape[0]
                 for field in ("terminations", "truncations"):
                     if group[field].shape[0] != T:
-                        raise DatasetError(f"{where}/{field} has {group[field].shape[0]} steps but rewards has {T}", "the episode is corrupt; collect it again")
+                        raise DatasetError(
+                            f"{where}/{field} has {group[field].shape[0]} steps but rewards has {T}",
+                            "the episode is corrupt; collect it again",
+                        )
                 for field, expected in (("observations", T + 1), ("actions", T)):
                     for leaf, data in _leaves(_read(group[field]), field):
                         if len(data) != expected:
-                            raise DatasetError(f"{where}/{leaf} has {len(data)} entries, expected {expected}", "observations need T+1 entries and actions T")
+                            raise DatasetError(
+                                f"{where}/{leaf} has {len(data)} entries, expected {expected}",
+                                "observations need T+1 entries and actions T",
+                            )
                         if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.all(np.isfinite(data)):
-                            raise DatasetError(f"{where}/{leaf} holds NaN or inf", "drop the episode or collect it again")
+                            raise DatasetError(
+                                f"{where}/{leaf} holds NaN or inf", "drop the episode or collect it again"
+                            )
                 rewards = group["rewards"][()]
                 if rewards.dtype.kind not in "fiu":
-                    raise DatasetError(f"{where}/rewards has dtype {rewards.dtype}, expected numbers", "the file was not written by a Minari writer")
+                    raise DatasetError(
+                        f"{where}/rewards has dtype {rewards.dtype}, expected numbers",
+                        "the file was not written by a Minari writer",
+                    )
                 if not np.all(np.isfinite(rewards)):
                     raise DatasetError(f"{where}/rewards holds NaN or inf", "drop the episode or collect it again")
     except OSError as e:
-        raise DatasetError(f"dataset {path}/data/main_data.hdf5 is truncated or corrupt ({e})", "collect it again") from e
+        raise DatasetError(
+            f"dataset {path}/data/main_data.hdf5 is truncated or corrupt ({e})", "collect it again"
+        ) from e
     action_space = dataset.spec.action_space
     if isinstance(action_space, gym.spaces.Box):
         first = dataset[0].actions
         if np.asarray(first).dtype.kind != "f":
-            raise DatasetError(f"dataset {path}: actions have dtype {np.asarray(first).dtype} but the action space is {action_space}", "the actions were stored with the wrong type; collect it again")
+            raise DatasetError(
+                f"dataset {path}: actions have dtype {np.asarray(first).dtype} but the action space is {action_space}",
+                "the actions were stored with the wrong type; collect it again",
+            )
 
 
 def _read(node) -> Any:
@@ -202,12 +274,23 @@ def dataset_info(id_or_path: str) -> dict:
     sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).exists() else {}
     meta = dataset.storage.metadata
     return {
-        "id": meta.get("dataset_id", str(path)), "path": str(path), "episodes": len(returns), "steps": int(np.sum(lengths)),
-        "return": {"mean": float(np.mean(returns)), "std": float(np.std(returns)), "min": float(np.min(returns)), "max": float(np.max(returns))},
+        "id": meta.get("dataset_id", str(path)),
+        "path": str(path),
+        "episodes": len(returns),
+        "steps": int(np.sum(lengths)),
+        "return": {
+            "mean": float(np.mean(returns)),
+            "std": float(np.std(returns)),
+            "min": float(np.min(returns)),
+            "max": float(np.max(returns)),
+        },
         "episode_length": {"mean": float(np.mean(lengths)), "min": int(np.min(lengths)), "max": int(np.max(lengths))},
         "success_rate": float(np.mean(successes)) if successes else None,
-        "observation_space": str(dataset.spec.observation_space), "action_space": str(dataset.spec.action_space),
-        "expert": meta.get("algorithm_name"), "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
+        "observation_space": str(dataset.spec.observation_space),
+        "action_space": str(dataset.spec.action_space),
+        "expert": meta.get("algorithm_name"),
+        "ref_min_score": meta.get("ref_min_score"),
+        "ref_max_score": meta.get("ref_max_score"),
         **{k: v for k, v in sidecar.items() if k != "expert"},
     }
 
@@ -220,9 +303,25 @@ def list_datasets() -> list[dict]:
         path = meta_file.parent.parent
         try:
             meta = json.loads(meta_file.read_text())
-            out.append({"id": meta.get("dataset_id", str(path.relative_to(root))), "episodes": meta.get("total_episodes"), "steps": meta.get("total_steps"), "expert": meta.get("algorithm_name"), "path": str(path)})
+            out.append(
+                {
+                    "id": meta.get("dataset_id", str(path.relative_to(root))),
+                    "episodes": meta.get("total_episodes"),
+                    "steps": meta.get("total_steps"),
+                    "expert": meta.get("algorithm_name"),
+                    "path": str(path),
+                }
+            )
         except (json.JSONDecodeError, OSError):
-            out.append({"id": str(path.relative_to(root)), "episodes": None, "steps": None, "expert": "(unreadable metadata)", "path": str(path)})
+            out.append(
+                {
+                    "id": str(path.relative_to(root)),
+                    "episodes": None,
+                    "steps": None,
+                    "expert": "(unreadable metadata)",
+                    "path": str(path),
+                }
+            )
     return out
 
 

@@ -56,14 +56,22 @@ def _register_family(env_id: str) -> None:
 def _check_metaworld_name(spec: EnvSpec) -> None:
     name = spec.kwargs.get("env_name")
     if not name:
-        raise ConfigError(f"{spec.id} needs kwargs.env_name (a Meta-World v3 task such as hammer-v3)", "set env.kwargs.env_name=<task>-v3")
+        raise ConfigError(
+            f"{spec.id} needs kwargs.env_name (a Meta-World v3 task such as hammer-v3)",
+            "set env.kwargs.env_name=<task>-v3",
+        )
     old = re.fullmatch(r"(.+)-v[12]", str(name))
     if old:
-        raise ConfigError(f"Meta-World task {name!r} is a v1/v2 name; this Meta-World serves v3 tasks", f"use env_name={old.group(1)}-v3")
+        raise ConfigError(
+            f"Meta-World task {name!r} is a v1/v2 name; this Meta-World serves v3 tasks",
+            f"use env_name={old.group(1)}-v3",
+        )
     import metaworld
 
     if name not in metaworld.ALL_V3_ENVIRONMENTS:
-        raise ConfigError(f"unknown Meta-World task {name!r}", "pick one of metaworld.ALL_V3_ENVIRONMENTS, e.g. hammer-v3")
+        raise ConfigError(
+            f"unknown Meta-World task {name!r}", "pick one of metaworld.ALL_V3_ENVIRONMENTS, e.g. hammer-v3"
+        )
 
 
 def check_env_spec(spec: EnvSpec) -> None:
@@ -80,7 +88,9 @@ def check_env_spec(spec: EnvSpec) -> None:
     if spec.id in METAWORLD_IDS:
         _check_metaworld_name(spec)
     if spec.pixels not in (None, 64, 84):
-        raise ConfigError(f"env.pixels={spec.pixels} is not supported", "use pixels=64 or pixels=84 (or null for state)")
+        raise ConfigError(
+            f"env.pixels={spec.pixels} is not supported", "use pixels=64 or pixels=84 (or null for state)"
+        )
 
 
 def _choose_gl_backend() -> None:
@@ -151,7 +161,11 @@ def _make_raw(spec: EnvSpec) -> gym.Env:
         env = PixelObservation(env, spec.pixels)
     if spec.id.startswith("dm_control/") and not spec.pixels:
         env = gym.wrappers.FlattenObservation(env)
-        env = gym.wrappers.TransformObservation(env, lambda o: o.astype(np.float32), gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32))
+        env = gym.wrappers.TransformObservation(
+            env,
+            lambda o: o.astype(np.float32),
+            gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32),
+        )
     if spec.pad_obs_to:
         env = PadObservation(env, spec.pad_obs_to)
     if spec.pad_action_to:

@@ -41,6 +41,14 @@ JOBS: dict[str, Job] = {
         "finetune.sequence:SequenceJobConfig",
         "online continual RL over a task sequence with SB3; fills the results matrix",
     ),
+    "collect": Job(
+        "envs.collect:run_collect",
+        "envs.collect:CollectJobConfig",
+        "roll experts out on tasks and write Minari datasets (offline data)",
+    ),
+    "data": Job(
+        "envs.data_cli:main", None, "list datasets, or show one's episodes, steps, returns, success and spaces"
+    ),
     "report": Job("retain.report:main", None, "rebuild report.md and plots of run directories, or compare runs"),
 }
 

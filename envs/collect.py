@@ -1,0 +1,305 @@
+"""``retain collect``: roll experts out on one task or a whole task list and write Minari datasets.
+
+Episodes are split over ``workers`` processes; episode k of task t is seeded from (seed, t, k), so a
+dataset depends only on the config, not on how many workers made it. Each task becomes one
+dataset ``<namespace>/<task>/<quality>-v0`` under RETAIN_DATA with D4RL-style reference scores
+(random policy = min, noise-free expert = max), the env spec and the expert's identity.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from envs.datasets import episode_buffer, write_action_free, write_dataset
+from envs.experts import NoisyExpert, RandomExpert, expert_kind, make_expert, train_sb3_expert
+from envs.registry import check_env_spec, make_env
+from envs.spec import EnvSpec, SequenceConfig, TaskConfig
+from retain.config import RunConfig, to_container
+from retain.errors import ConfigError
+from retain.rundir import prepare_run_dir, write_summary
+from retain.seeding import derive_seed
+from retain.tracking import Tracker, progress_bar
+
+
+@dataclass
+class Sb3ExpertConfig:
+    """An SB3 agent trained on the task (or loaded) to serve as the expert."""
+
+    path: str | None = None
+    """a folder with policy.safetensors + expert.json from an earlier collect run; None trains one"""
+    algo: str = "PPO"
+    """SB3 algorithm to train"""
+    steps: int = 50_000
+    """training steps"""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """algorithm keyword arguments"""
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    """policy keyword arguments"""
+
+
+@dataclass
+class ExpertConfig:
+    """Who acts, and how much noise is mixed in (expert / medium / random mixes, as D4RL)."""
+
+    kind: str = "auto"
+    """auto (the family's scripted expert: metaworld, babyai_bot, pd; else sb3) | metaworld | babyai_bot | pd | sb3 | random"""
+    sigma: float = 0.0
+    """Gaussian action noise (continuous actions), clipped to the action space"""
+    epsilon: float = 0.0
+    """probability of a uniformly random action"""
+    sb3: Sb3ExpertConfig = field(default_factory=Sb3ExpertConfig)
+
+
+@dataclass
+class DatasetConfig:
+    """Where and how datasets are written."""
+
+    namespace: str = "retain"
+    """dataset ids are <namespace>/<task>/<quality>-v0"""
+    quality: str = "expert"
+    """name of the data quality (expert, medium, random, ...)"""
+    overwrite: bool = False
+    """replace an existing dataset of the same id"""
+    action_free: bool = False
+    """also write observations only (observations_only.hdf5 next to the dataset), for VPT-style pseudo-labelling"""
+    ref_episodes: int = 10
+    """episodes of a random policy and of the noise-free expert that set ref_min_score / ref_max_score"""
+
+
+@dataclass
+class CollectJobConfig(RunConfig):
+    """``retain collect``: expert rollouts → Minari datasets."""
+
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    env: EnvSpec = field(default_factory=EnvSpec)
+    """the task of sequence=single"""
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    episodes: int = 50
+    """episodes per task"""
+    workers: int = 2
+    """collection processes (1: in this process)"""
+
+
+def rollout(env, expert, seed: int) -> dict:
+    """One episode: T+1 observations, T actions/rewards/flags, and per-step success when the env reports it."""
+    obs, info = env.reset(seed=seed)
+    expert.reset(env, obs, info)
+    observations, actions, rewards, terms, truncs, successes = [obs], [], [], [], [], []
+    done = False
+    while not done:
+        action = expert.act(obs, info)
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(float(reward))
+        terms.append(bool(terminated))
+        truncs.append(bool(truncated))
+        successes.append(bool(info.get("success", info.get("is_success", False))))
+        done = terminated or truncated
+    return {
+        "seed": seed,
+        "observations": observations,
+        "actions": actions,
+        "rewards": rewards,
+        "terminations": terms,
+        "truncations": truncs,
+        "success": successes,
+    }
+
+
+def _expert(spec: EnvSpec, observation_space, action_space, expert_cfg: dict, sb3_path: str | None, seed: int):
+    expert = make_expert(expert_cfg["kind"], spec.id, spec.kwargs, observation_space, action_space, seed, sb3_path)
+    if expert_cfg["sigma"] or expert_cfg["epsilon"]:
+        expert = NoisyExpert(expert, action_space, expert_cfg["sigma"], expert_cfg["epsilon"], seed=seed)
+    return expert
+
+
+def collect_episodes(spec: EnvSpec, expert_cfg: dict, sb3_path: str | None, seeds: list[int]) -> list[dict]:
+    """Roll the (noisy) expert out for each seed in a fresh env (runs in worker processes)."""
+    import torch
+
+    torch.set_num_threads(1)
+    env = make_env(spec, monitor=False)()
+    expert = _expert(spec, env.observation_space, env.action_space, expert_cfg, sb3_path, seeds[0] if seeds else 0)
+    episodes = [rollout(env, expert, s) for s in seeds]
+    env.close()
+    return episodes
+
+
+def _mean_return(spec: EnvSpec, expert, seeds: list[int]) -> float:
+    env = make_env(spec, monitor=False)()
+    value = float(np.mean([sum(rollout(env, expert, s)["rewards"]) for s in seeds]))
+    env.close()
+    return value
+
+
+def _tasks(cfg: DictConfig) -> list[TaskConfig]:
+    if cfg.sequence.from_env:
+        env = OmegaConf.to_object(cfg.env)
+        return [TaskConfig(name=env.name or "task", env=env)]
+    tasks = [OmegaConf.to_object(t) for t in cfg.sequence.tasks]
+    if not tasks:
+        raise ConfigError(
+            f"sequence {cfg.sequence.name!r} has no tasks", "choose sequence=<name> or env=<name> with sequence=single"
+        )
+    return tasks
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    size = max(1, int(np.ceil(len(items) / max(n, 1))))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_collect(cfg: DictConfig) -> dict:
+    """Collect ``episodes`` per task with the configured expert and write one Minari dataset per task."""
+    started = time.perf_counter()
+    cfg.run_dir = str(cfg.run_dir)
+    tasks = _tasks(cfg)
+    if cfg.episodes < 1:
+        raise ConfigError(f"episodes={cfg.episodes}", "collect at least one episode per task")
+    for task in tasks:
+        check_env_spec(task.env)
+    expert_cfg = to_container(cfg.expert)
+    run_dir = prepare_run_dir(cfg)
+    summary: dict[str, Any] = {"job": "collect", "datasets": {}}
+    with Tracker(run_dir, cfg.logger, config=to_container(cfg)) as tracker:
+        bar = progress_bar(cfg.episodes * len(tasks), cfg.progress, desc="collect", unit="episode")
+        for t, task in enumerate(tasks):
+            summary["datasets"][task.name] = _collect_task(cfg, t, task, expert_cfg, run_dir, bar, tracker)
+        bar.close()
+    summary["wall_time_s"] = time.perf_counter() - started
+    write_summary(run_dir, summary)
+    for name, info in summary["datasets"].items():
+        print(
+            f"{name}: {info['id']}  {info['episodes']} episodes, {info['steps']} steps, return {info['return_mean']:.2f}, success {info['success_rate']:.2f}"
+        )
+    return summary
+
+
+def _collect_task(
+    cfg: DictConfig, t: int, task: TaskConfig, expert_cfg: dict, run_dir: Path, bar, tracker: Tracker
+) -> dict:
+    spec = task.env
+    probe = make_env(spec, monitor=False)()
+    observation_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    kind = expert_kind(spec.id) if expert_cfg["kind"] == "auto" else expert_cfg["kind"]
+    sb3_path = expert_cfg["sb3"]["path"]
+    if kind == "sb3" and not sb3_path:
+        sb3 = expert_cfg["sb3"]
+        sb3_path = str(
+            train_sb3_expert(
+                make_env(spec),
+                run_dir / "experts" / task.name,
+                sb3["algo"],
+                sb3["steps"],
+                derive_seed(cfg.seed, "expert", t),
+                sb3["hyperparams"],
+                sb3["policy_kwargs"],
+            )
+        )
+    expert_cfg = {**expert_cfg, "kind": kind}
+
+    seeds = [derive_seed(cfg.seed, "collect", t, k) for k in range(cfg.episodes)]
+    t0 = time.perf_counter()
+    episodes: dict[int, dict] = {}
+    if cfg.workers > 1:
+        chunks = _chunks(seeds, cfg.workers * 4)  # several chunks per worker keep the progress bar moving
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("forkserver")) as pool:
+            futures = {pool.submit(collect_episodes, spec, expert_cfg, sb3_path, chunk): chunk for chunk in chunks}
+            for future in as_completed(futures):
+                for episode in future.result():
+                    episodes[episode["seed"]] = episode
+                bar.update(len(futures[future]))
+    else:
+        for chunk in _chunks(seeds, max(1, len(seeds) // 10)):
+            for episode in collect_episodes(spec, expert_cfg, sb3_path, chunk):
+                episodes[episode["seed"]] = episode
+            bar.update(len(chunk))
+    ordered = [episodes[s] for s in seeds]  # the dataset's order never depends on worker timing
+    seconds = time.perf_counter() - t0
+
+    ref_seeds = [derive_seed(cfg.seed, "reference", t, k) for k in range(cfg.dataset.ref_episodes)]
+    ref_min = _mean_return(spec, RandomExpert(action_space, seed=ref_seeds[0]), ref_seeds)
+    ref_max = _mean_return(
+        spec,
+        make_expert(kind, spec.id, spec.kwargs, observation_space, action_space, ref_seeds[0], sb3_path),
+        ref_seeds,
+    )
+
+    buffers = [
+        episode_buffer(
+            k,
+            e["seed"],
+            e["observations"],
+            e["actions"],
+            e["rewards"],
+            e["terminations"],
+            e["truncations"],
+            {"success": e["success"]},
+        )
+        for k, e in enumerate(ordered)
+    ]
+    dataset_id = f"{cfg.dataset.namespace}/{task.name}/{cfg.dataset.quality}-v0"
+    expert_name = _expert(spec, observation_space, action_space, expert_cfg, sb3_path, 0).name
+    path = write_dataset(
+        dataset_id,
+        buffers,
+        observation_space=observation_space,
+        action_space=action_space,
+        env_spec=spec,
+        expert=expert_name,
+        ref_min_score=ref_min,
+        ref_max_score=ref_max,
+        overwrite=cfg.dataset.overwrite,
+        extra={
+            "task": task.name,
+            "sigma": cfg.expert.sigma,
+            "epsilon": cfg.expert.epsilon,
+            "seed": cfg.seed,
+            "episodes": cfg.episodes,
+        },
+    )
+    if cfg.dataset.action_free:
+        if isinstance(ordered[0]["observations"][0], dict):
+            raise ConfigError(
+                f"task {task.name} has dict observations",
+                "action-free export takes array observations (state or pixels)",
+            )
+        write_action_free(
+            path / "observations_only.hdf5",
+            [np.stack(e["observations"]) for e in ordered],
+            {"dataset_id": dataset_id, "expert": expert_name},
+        )
+    steps = sum(len(e["rewards"]) for e in ordered)
+    returns = [sum(e["rewards"]) for e in ordered]
+    success = float(np.mean([any(e["success"]) for e in ordered]))
+    tracker.log(
+        {
+            f"perf/{task.name}/steps_per_second": steps / seconds,
+            f"eval/{task.name}/return": float(np.mean(returns)),
+            f"eval/{task.name}/success": success,
+        },
+        step=t,
+    )
+    return {
+        "id": dataset_id,
+        "path": str(path),
+        "episodes": len(ordered),
+        "steps": steps,
+        "return_mean": float(np.mean(returns)),
+        "success_rate": success,
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+        "steps_per_second": steps / seconds,
+        "expert": expert_name,
+    }
