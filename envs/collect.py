@@ -2,7 +2,7 @@
 
 Episodes are split over ``workers`` processes; episode k of task t is seeded from (seed, t, k), so a
 dataset depends only on the config, not on how many workers made it. Each task becomes one
-dataset ``<namespace>/<task>/<quality>-v0`` under RETAIN_DATA with D4RL-style reference scores
+dataset (``dataset_id_for``) under RETAIN_DATA with D4RL-style reference scores
 (random policy = min, noise-free expert = max), the env spec and the expert's identity.
 """
 
@@ -83,6 +83,8 @@ class CollectJobConfig(RunConfig):
     """the task of sequence=single"""
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    agent: dict[str, Any] = field(default_factory=dict)
+    """not used by collect: sequences name the agent that trains on them"""
     episodes: int = 50
     """episodes per task"""
     workers: int = 2
@@ -152,6 +154,12 @@ def _tasks(cfg: DictConfig) -> list[TaskConfig]:
             f"sequence {cfg.sequence.name!r} has no tasks", "choose sequence=<name> or env=<name> with sequence=single"
         )
     return tasks
+
+
+def dataset_id_for(cfg: DictConfig, task: str) -> str:
+    """``<namespace>/<env name>/<quality>-v0`` for one env, ``<namespace>/<sequence>/<task>/<quality>-v0`` for a task list."""
+    parts = [cfg.dataset.namespace] + ([] if cfg.sequence.from_env else [cfg.sequence.name]) + [task]
+    return "/".join(parts) + f"/{cfg.dataset.quality}-v0"
 
 
 def _chunks(items: list, n: int) -> list[list]:
@@ -249,7 +257,7 @@ def _collect_task(
         )
         for k, e in enumerate(ordered)
     ]
-    dataset_id = f"{cfg.dataset.namespace}/{task.name}/{cfg.dataset.quality}-v0"
+    dataset_id = dataset_id_for(cfg, task.name)
     expert_name = _expert(spec, observation_space, action_space, expert_cfg, sb3_path, 0).name
     path = write_dataset(
         dataset_id,

@@ -47,6 +47,40 @@ def eval_vec_env(spec: EnvSpec, episodes: int, n_envs: int = 16, kind: str = "du
     return make_vec_env(spec, max(1, min(episodes, n_envs)), kind, monitor=False)
 
 
+def _run_episodes(
+    venv: VecEnv, act: Callable[[np.ndarray], np.ndarray], targets: np.ndarray, thresholds: list[float | None]
+) -> list[list[tuple]]:
+    """Step ``venv`` until env i has finished ``targets[i]`` episodes; returns (return, success, length) per env."""
+    n = venv.num_envs
+    records: list[list[tuple]] = [[] for _ in range(n)]
+    obs = venv.reset()
+    done_counts = np.zeros(n, dtype=int)
+    ep_return, ep_length, ep_success = np.zeros(n), np.zeros(n, dtype=int), np.zeros(n, dtype=bool)
+    while (done_counts < targets).any():
+        obs, rewards, dones, infos = venv.step(act(obs))
+        ep_return += rewards
+        ep_length += 1
+        for i, info in enumerate(infos):
+            ep_success[i] |= bool(info.get("success", 0) or info.get("is_success", 0))
+            if not dones[i]:
+                continue
+            if done_counts[i] < targets[i]:
+                success = ep_success[i] or (thresholds[i] is not None and ep_return[i] >= thresholds[i])
+                records[i].append((float(ep_return[i]), float(success), int(ep_length[i])))
+            done_counts[i] += 1
+            ep_return[i], ep_length[i], ep_success[i] = 0.0, 0, False
+    return records
+
+
+def _result(records: list[list[tuple]]) -> EvalResult:
+    flat = [r for env_records in records for r in env_records]
+    return EvalResult(np.array([r[0] for r in flat]), np.array([r[1] for r in flat]), np.array([r[2] for r in flat]))
+
+
+def _split(episodes: int, n: int) -> np.ndarray:
+    return np.array([(episodes + i) // n for i in range(n)])
+
+
 def evaluate(
     predict: Callable[[np.ndarray], np.ndarray],
     spec: EnvSpec,
@@ -66,32 +100,78 @@ def evaluate(
     """
     owned = venv is None
     venv = venv or eval_vec_env(spec, episodes, n_envs, kind)
-    n = venv.num_envs
-    targets = np.array([(episodes + i) // n for i in range(n)])
     venv.seed(seed)
-    returns, successes, lengths = [], [], []
     try:
-        obs = venv.reset()
-        done_counts = np.zeros(n, dtype=int)
-        ep_return, ep_length, ep_success = np.zeros(n), np.zeros(n, dtype=int), np.zeros(n, dtype=bool)
-        while (done_counts < targets).any():
-            obs, rewards, dones, infos = venv.step(predict(obs))
-            ep_return += rewards
-            ep_length += 1
-            for i, info in enumerate(infos):
-                ep_success[i] |= bool(info.get("success", 0) or info.get("is_success", 0))
-                if not dones[i]:
-                    continue
-                if done_counts[i] < targets[i]:
-                    success = ep_success[i]
-                    if spec.success_threshold is not None:
-                        success = success or ep_return[i] >= spec.success_threshold
-                    returns.append(ep_return[i])
-                    successes.append(float(success))
-                    lengths.append(ep_length[i])
-                done_counts[i] += 1
-                ep_return[i], ep_length[i], ep_success[i] = 0.0, 0, False
+        records = _run_episodes(
+            venv, predict, _split(episodes, venv.num_envs), [spec.success_threshold] * venv.num_envs
+        )
     finally:
         if owned:
             venv.close()
-    return EvalResult(np.array(returns), np.array(successes), np.array(lengths))
+    return _result(records)
+
+
+class TaskEvaluator:
+    """Evaluates T tasks × K episodes at once: the envs are built once (Meta-World envs take ~0.5 s
+    each) and stepped in ``workers`` processes, the policy batched over all of them.
+
+    Task j's env i is seeded ``seeds[j] + i`` at every evaluation, as ``evaluate`` seeds it, so both
+    give the same result for a deterministic policy.
+    """
+
+    def __init__(self, specs: list[EnvSpec], episodes: int, n_envs: int = 16, workers: int = 2):
+        from envs.vector import ShardedVecEnv
+
+        self.specs, self.episodes = specs, episodes
+        self.per_task = max(1, min(episodes, n_envs))
+        thunks = [make_env(spec, monitor=False) for spec in specs for _ in range(self.per_task)]
+        self.owner = np.repeat(np.arange(len(specs)), self.per_task)
+        self.venv = ShardedVecEnv(thunks, workers) if workers > 1 else DummyVecEnv(thunks)
+
+    def __call__(
+        self, predict: Callable[[int, np.ndarray], np.ndarray], seeds: list[int], same_policy: bool = False
+    ) -> list[EvalResult]:
+        """``predict(j, obs)`` acts for the envs of task j; with ``same_policy`` it is called once per
+        step for all envs (``j = -1``)."""
+        env_seeds = [seeds[j] + i for j in range(len(self.specs)) for i in range(self.per_task)]
+        if isinstance(self.venv, DummyVecEnv):
+            self.venv._seeds = env_seeds
+        else:
+            self.venv.set_seeds(env_seeds)
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            if same_policy:
+                return np.asarray(predict(-1, obs))
+            actions = None
+            for j in range(len(self.specs)):
+                mask = self.owner == j
+                a = np.asarray(predict(j, obs[mask]))
+                if actions is None:
+                    actions = np.zeros((len(obs), *a.shape[1:]), dtype=a.dtype)
+                actions[mask] = a
+            return actions
+
+        targets = np.tile(_split(self.episodes, self.per_task), len(self.specs))
+        records = _run_episodes(self.venv, act, targets, [self.specs[j].success_threshold for j in self.owner])
+        n = self.per_task
+        return [_result(records[j * n : (j + 1) * n]) for j in range(len(self.specs))]
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+def evaluate_tasks(
+    predict: Callable[[int, np.ndarray], np.ndarray],
+    specs: list[EnvSpec],
+    episodes: int,
+    seeds: list[int],
+    n_envs: int = 16,
+    workers: int = 2,
+    same_policy: bool = False,
+) -> list[EvalResult]:
+    """One-off ``TaskEvaluator``: build the envs, evaluate every task, close."""
+    evaluator = TaskEvaluator(specs, episodes, n_envs, workers)
+    try:
+        return evaluator(predict, seeds, same_policy)
+    finally:
+        evaluator.close()
