@@ -125,16 +125,21 @@ def _expert(spec: EnvSpec, observation_space, action_space, expert_cfg: dict, sb
     return expert
 
 
-def collect_episodes(spec: EnvSpec, expert_cfg: dict, sb3_path: str | None, seeds: list[int]) -> list[dict]:
-    """Roll the (noisy) expert out for each seed in a fresh env (runs in worker processes)."""
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(spec: EnvSpec, expert_cfg: dict, sb3_path: str | None, seed: int) -> None:
+    """Build the env and expert once per worker process (Meta-World envs take ~0.5 s to build)."""
     import torch
 
     torch.set_num_threads(1)
     env = make_env(spec, monitor=False)()
-    expert = _expert(spec, env.observation_space, env.action_space, expert_cfg, sb3_path, seeds[0] if seeds else 0)
-    episodes = [rollout(env, expert, s) for s in seeds]
-    env.close()
-    return episodes
+    _WORKER.update(env=env, expert=_expert(spec, env.observation_space, env.action_space, expert_cfg, sb3_path, seed))
+
+
+def collect_episodes(seeds: list[int]) -> list[dict]:
+    """Roll this worker's (noisy) expert out once per seed."""
+    return [rollout(_WORKER["env"], _WORKER["expert"], s) for s in seeds]
 
 
 def _mean_return(spec: EnvSpec, expert, seeds: list[int]) -> float:
@@ -169,7 +174,10 @@ def _chunks(items: list, n: int) -> list[list]:
 
 def run_collect(cfg: DictConfig) -> dict:
     """Collect ``episodes`` per task with the configured expert and write one Minari dataset per task."""
+    import torch
+
     started = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
     cfg.run_dir = str(cfg.run_dir)
     tasks = _tasks(cfg)
     if cfg.episodes < 1:
@@ -220,19 +228,23 @@ def _collect_task(
     seeds = [derive_seed(cfg.seed, "collect", t, k) for k in range(cfg.episodes)]
     t0 = time.perf_counter()
     episodes: dict[int, dict] = {}
+    init = (spec, expert_cfg, sb3_path, derive_seed(cfg.seed, "expert-noise", t))
     if cfg.workers > 1:
-        chunks = _chunks(seeds, cfg.workers * 4)  # several chunks per worker keep the progress bar moving
-        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("forkserver")) as pool:
-            futures = {pool.submit(collect_episodes, spec, expert_cfg, sb3_path, chunk): chunk for chunk in chunks}
+        # fork: workers start in milliseconds with the parent's imports (the parent runs one torch thread)
+        with ProcessPoolExecutor(
+            max_workers=cfg.workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=init
+        ) as pool:
+            futures = {pool.submit(collect_episodes, chunk): chunk for chunk in _chunks(seeds, cfg.workers * 8)}
             for future in as_completed(futures):
                 for episode in future.result():
                     episodes[episode["seed"]] = episode
                 bar.update(len(futures[future]))
     else:
-        for chunk in _chunks(seeds, max(1, len(seeds) // 10)):
-            for episode in collect_episodes(spec, expert_cfg, sb3_path, chunk):
-                episodes[episode["seed"]] = episode
-            bar.update(len(chunk))
+        _init_worker(*init)
+        for s in seeds:
+            episodes[s] = rollout(_WORKER["env"], _WORKER["expert"], s)
+            bar.update(1)
+        _WORKER.pop("env").close()
     ordered = [episodes[s] for s in seeds]  # the dataset's order never depends on worker timing
     seconds = time.perf_counter() - t0
 
