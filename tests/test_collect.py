@@ -1,7 +1,6 @@
 """`retain collect` and the Minari datasets it writes: determinism across workers, metadata,
 reference scores, noise knobs, action-free export, each expert family, and malformed datasets."""
 
-import json
 import shutil
 
 import h5py
