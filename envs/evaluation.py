@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from envs.registry import make_env
 from envs.spec import EnvSpec
 
-METRICS = ("success", "return")
+METRICS = ("success", "return", "normalized_return")
 
 
 @dataclass
@@ -20,19 +20,34 @@ class EvalResult:
     successes: np.ndarray
     lengths: np.ndarray
 
-    def score(self, metric: str) -> float:
+    def normalized_return(self, spec: EnvSpec) -> float | None:
+        """D4RL's normalized score, 100·(return − ref_min)/(ref_max − ref_min); None without references."""
+        if spec.ref_min_score is None or spec.ref_max_score is None:
+            return None
+        return float(100.0 * (self.returns.mean() - spec.ref_min_score) / (spec.ref_max_score - spec.ref_min_score))
+
+    def score(self, metric: str, spec: EnvSpec | None = None) -> float:
         if metric == "success":
             return float(self.successes.mean())
         if metric == "return":
             return float(self.returns.mean())
+        if metric == "normalized_return":
+            value = self.normalized_return(spec) if spec is not None else None
+            if value is None:
+                raise ValueError("metric normalized_return needs env.ref_min_score and env.ref_max_score on every task")
+            return value
         raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
 
-    def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {
+    def as_metrics(self, prefix: str, spec: EnvSpec | None = None) -> dict[str, float]:
+        metrics = {
             f"{prefix}/success": float(self.successes.mean()),
             f"{prefix}/return": float(self.returns.mean()),
             f"{prefix}/length": float(self.lengths.mean()),
         }
+        normalized = self.normalized_return(spec) if spec is not None else None
+        if normalized is not None:
+            metrics[f"{prefix}/normalized_return"] = normalized
+        return metrics
 
 
 def make_vec_env(spec: EnvSpec, n_envs: int, kind: str = "dummy", monitor: bool = True) -> VecEnv:

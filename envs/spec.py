@@ -26,6 +26,10 @@ class EnvSpec:
     """zero-pad flat observations to this many dims (tasks of a sequence then share a space, as in L2M)"""
     pad_action_to: int | None = None
     """accept actions of this many dims and pass the env the dims it has"""
+    ref_min_score: float | None = None
+    """return of a random policy (D4RL's normalization; envs.d4rl.REF_SCORES has MuJoCo's)"""
+    ref_max_score: float | None = None
+    """return of an expert policy"""
 
 
 @dataclass
@@ -52,6 +56,6 @@ class SequenceConfig:
     steps_per_task: int = 100_000
     """default training budget of each task (environment steps)"""
     metric: str = "success"
-    """the score filled into the results matrix: success | return"""
+    """the score filled into the results matrix: success | return | normalized_return (needs ref scores per env)"""
     eval_episodes: int = 10
     """episodes per task per evaluation"""

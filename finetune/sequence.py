@@ -23,7 +23,7 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.sb3 import AgentConfig, build_model, check_agent, check_device, load_model_state, model_state, rollout_size
-from envs.evaluation import METRICS, eval_vec_env, evaluate, make_vec_env
+from envs.evaluation import METRICS, TaskEvaluator, eval_vec_env, evaluate, make_vec_env
 from envs.registry import check_env_spec, make_env
 from envs.spec import EnvSpec, SequenceConfig, TaskConfig
 from finetune.methods import Method, MethodConfig, make_method
@@ -47,6 +47,8 @@ class EvalConfig:
     """parallel envs per evaluation (vectorized)"""
     during: str = "all"
     """tasks evaluated at each chunk boundary, for learning curves: all | current | none"""
+    workers: int = 1
+    """>1: evaluate all tasks at once, their envs stepped in this many processes (slow envs such as Meta-World)"""
 
 
 @dataclass
@@ -83,6 +85,7 @@ class SequenceContext:
         self.chunk_start_timesteps = 0
         self._fresh: dict[int, dict[str, torch.Tensor]] = {}
         self._eval_envs: dict[int, VecEnv] = {}
+        self._task_evaluator: TaskEvaluator | None = None
         self.seconds = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
 
     def eval_env(self, task_index: int, episodes: int) -> VecEnv:
@@ -91,9 +94,18 @@ class SequenceContext:
             self._eval_envs[task_index] = eval_vec_env(self.tasks[task_index].env, episodes, self.cfg.eval.n_envs)
         return self._eval_envs[task_index]
 
+    def task_evaluator(self, episodes: int) -> TaskEvaluator:
+        """All tasks' evaluation envs in ``eval.workers`` processes, built once."""
+        if self._task_evaluator is None:
+            specs = [t.env for t in self.tasks]
+            self._task_evaluator = TaskEvaluator(specs, episodes, self.cfg.eval.n_envs, self.cfg.eval.workers)
+        return self._task_evaluator
+
     def close(self) -> None:
         for venv in self._eval_envs.values():
             venv.close()
+        if self._task_evaluator is not None:
+            self._task_evaluator.close()
         if self.model is not None and self.model.env is not None:
             self.model.env.close()
 
@@ -149,6 +161,11 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
         steps = t.steps if t.steps is not None else seq.steps_per_task
         if steps <= 0:
             raise ConfigError(f"task {t.name!r} has a budget of {steps} steps", "give each task a positive budget")
+        if seq.metric == "normalized_return" and (t.env.ref_min_score is None or t.env.ref_max_score is None):
+            raise ConfigError(
+                f"metric normalized_return needs reference scores, and task {t.name!r} has none",
+                "set env.ref_min_score and env.ref_max_score (random and expert returns)",
+            )
         tasks.append(Task(t.name, t.env, int(steps)))
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
@@ -229,23 +246,41 @@ def _evaluate_tasks(
     method chooses the weights each task is evaluated with."""
     model = ctx.model
     own = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+    weights = {j: method.eval_weights(ctx, current, j) for j in indices}
 
-    def predict(obs):
+    def predict(j: int, obs):
+        if j >= 0:
+            model.policy.load_state_dict(weights[j] if weights[j] is not None else own)
         return model.predict(obs, deterministic=True)[0]
 
-    out = {}
+    seeds = {j: derive_seed(ctx.cfg.seed, "eval", j) for j in indices}
     try:
-        for j in indices:
-            weights = method.eval_weights(ctx, current, j)
-            model.policy.load_state_dict(weights if weights is not None else own)
-            task = ctx.tasks[j]
-            result = evaluate(
-                predict, task.env, episodes, derive_seed(ctx.cfg.seed, "eval", j), venv=ctx.eval_env(j, episodes)
+        if ctx.cfg.eval.workers > 1 and len(indices) == len(ctx.tasks):
+            same = all(w is None for w in weights.values())
+            results = dict(
+                zip(indices, ctx.task_evaluator(episodes)(predict, [seeds[j] for j in indices], same_policy=same))
             )
-            out[j] = {"score": result.score(ctx.cfg.sequence.metric), "metrics": result.as_metrics(f"eval/{task.name}")}
+        else:
+            results = {
+                j: evaluate(
+                    lambda obs, j=j: predict(j, obs),
+                    ctx.tasks[j].env,
+                    episodes,
+                    seeds[j],
+                    venv=ctx.eval_env(j, episodes),
+                )
+                for j in indices
+            }
     finally:
         model.policy.load_state_dict(own)
-    return out
+    metric = ctx.cfg.sequence.metric
+    return {
+        j: {
+            "score": r.score(metric, ctx.tasks[j].env),
+            "metrics": r.as_metrics(f"eval/{ctx.tasks[j].name}", ctx.tasks[j].env),
+        }
+        for j, r in results.items()
+    }
 
 
 def _save(run_dir: Path, ctx: SequenceContext, method: Method, tracker: Tracker, position: dict, R, initial) -> None:

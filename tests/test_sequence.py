@@ -143,3 +143,29 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path):
     b = json.loads((killed / "results.json").read_text())
     assert a["matrix"] == b["matrix"] and a["initial"] == b["initial"]
     assert eval_records(reference) == eval_records(killed)  # curves too: nothing logged twice or lost
+
+
+def test_parallel_task_evaluation_gives_the_same_results(tmp_path):
+    _, a = run(tmp_path, "serial", "method=reset")
+    _, b = run(tmp_path, "parallel", "method=reset", "eval.workers=2")
+    assert (
+        json.loads((a / "results.json").read_text())["matrix"] == json.loads((b / "results.json").read_text())["matrix"]
+    )
+    assert eval_records(a) == eval_records(b)
+
+
+def test_normalized_return_needs_reference_scores(tmp_path):
+    with pytest.raises(UserError, match="reference scores"):
+        run(tmp_path, "n", "sequence.metric=normalized_return")
+    summary, run_dir = run(
+        tmp_path,
+        "ok",
+        "sequence=single",
+        "env=cartpole",
+        "sequence.metric=normalized_return",
+        "env.ref_min_score=0.0",
+        "env.ref_max_score=500.0",
+        "sequence.eval_episodes=2",
+    )
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["metric"] == "normalized_return" and 0.0 <= results["matrix"][0][0] <= 100.0
