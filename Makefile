@@ -12,6 +12,10 @@ ARGS ?=
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	@# OSMesa lets MuJoCo render pixel observations on machines without a GPU (EGL needs one);
+	@# installed when we are root on Debian, skipped (pixel tests then skip) otherwise.
+	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s libosmesa6 >/dev/null 2>&1; then \
+		apt-get update -qq >/dev/null && apt-get install -y -qq libosmesa6 >/dev/null; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[dev]"
