@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epsilon", type=float, default=0.0, help="probability of a random action (NoisyExpert)")
     parser.add_argument("--max-steps", type=int, nargs="+", default=[200], help="episode length(s); one table each")
     args = parser.parse_args(argv)
+    # gymnasium's passive checker flags Meta-World's observation bounds once per env; it changes nothing.
+    warnings.filterwarnings("ignore", module=r"gymnasium\.utils\.passive_env_checker")
     tasks = parse_tasks(args.tasks)
     for task in tasks:
         MetaWorldExpert(task)  # fail on a bad name before any rollout

@@ -89,6 +89,8 @@ class CollectJobConfig(RunConfig):
     """episodes per task"""
     workers: int = 2
     """collection processes (1: in this process)"""
+    max_episode_steps: int | None = None
+    """overrides every task's episode limit (Meta-World's scripted push-back needs 500 steps, not CW's 200)"""
 
 
 def rollout(env, expert, seed: int) -> dict:

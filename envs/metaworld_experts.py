@@ -19,6 +19,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+OBS_DIM = 39
+"""Meta-World v3's observation: hand xyz, gripper opening, two objects (xyz + quaternion), the previous
+frame's 18 values, and the goal xyz; the scripted policies parse exactly this layout."""
+
 CW10: tuple[str, ...] = (
     "hammer-v3",
     "push-wall-v3",
@@ -140,12 +144,21 @@ class MetaWorldExpert:
         """Nothing to do: the scripted policies are stateless."""
 
     def act(self, obs: Any, info: dict) -> np.ndarray:
-        """The policy's action for ``obs``, as float32 clipped to the action space [-1, 1]^4."""
+        """The policy's action for ``obs``, as float32 clipped to the action space [-1, 1]^4.
+
+        ``ValueError`` if ``obs`` is not the 39-d Meta-World observation (e.g. one with a one-hot task id).
+        """
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.shape != (OBS_DIM,):
+            raise ValueError(
+                f"{self.name} expects one {OBS_DIM}-d Meta-World observation, got shape {obs.shape}; "
+                "strip one-hot task ids and act in one (not vectorized) env"
+            )
         # The policies' proportional controllers overshoot on purpose and warn each time
         # ("Constant(s) may be too high"); the env clips, and so do we, so the warning is noise.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            action = self.policy.get_action(np.asarray(obs, dtype=np.float64))
+            action = self.policy.get_action(obs)
         return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
 
     def __repr__(self) -> str:

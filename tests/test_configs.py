@@ -38,7 +38,10 @@ def test_every_primary_config_is_a_job():
     assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(PRIMARY)
 
 
-@pytest.mark.parametrize("option", options("sequence"))
+@pytest.mark.parametrize(
+    "option",
+    [pytest.param(o, marks=pytest.mark.slow) if o in ("mt40_pretrain", "cw20") else o for o in options("sequence")],
+)
 def test_sequence_options_build_their_tasks(option):
     overrides = [f"sequence={option}"] + (["env=cartpole"] if option == "single" else [])
     cfg = load_config("sequence", overrides)
