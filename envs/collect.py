@@ -154,12 +154,16 @@ def _mean_return(spec: EnvSpec, expert, seeds: list[int]) -> float:
 def _tasks(cfg: DictConfig) -> list[TaskConfig]:
     if cfg.sequence.from_env:
         env = OmegaConf.to_object(cfg.env)
-        return [TaskConfig(name=env.name or "task", env=env)]
-    tasks = [OmegaConf.to_object(t) for t in cfg.sequence.tasks]
+        tasks = [TaskConfig(name=env.name or "task", env=env)]
+    else:
+        tasks = [OmegaConf.to_object(t) for t in cfg.sequence.tasks]
     if not tasks:
         raise ConfigError(
             f"sequence {cfg.sequence.name!r} has no tasks", "choose sequence=<name> or env=<name> with sequence=single"
         )
+    if cfg.max_episode_steps is not None:
+        for task in tasks:
+            task.env.max_episode_steps = int(cfg.max_episode_steps)
     return tasks
 
 

@@ -177,3 +177,10 @@ def test_malformed_datasets_get_one_clear_error(dataset_path, case):
         load_dataset("retain/pointmass/expert-v0")
     message = str(error.value)
     assert "\n" not in message and ("retain/pointmass/expert-v0" in message or str(dataset_path) in message), message
+
+
+def test_metaworld_task_list_in_two_workers(tmp_path):
+    summary = collect(tmp_path, "cw", "sequence=cw10", "episodes=2", "workers=2", "max_episode_steps=60", "dataset.ref_episodes=1")
+    assert len(summary["datasets"]) == 10
+    info = dataset_info("retain/cw10/hammer/expert-v0")
+    assert info["steps"] == 120 and info["env_spec"]["max_episode_steps"] == 60 and info["expert"] == "metaworld:hammer-v3"
