@@ -93,8 +93,10 @@ class CollectJobConfig(RunConfig):
     """overrides every task's episode limit (Meta-World's scripted push-back needs 500 steps, not CW's 200)"""
 
 
-def rollout(env, expert, seed: int) -> dict:
-    """One episode: T+1 observations, T actions/rewards/flags, and per-step success when the env reports it."""
+def rollout(env, expert, seed: int, success_threshold: float | None = None) -> dict:
+    """One episode: T+1 observations, T actions/rewards/flags, and per-step success: the env's
+    ``info["success"]``, or (envs that only pay on success, e.g. BabyAI) the last step once the
+    return reaches ``success_threshold``."""
     obs, info = env.reset(seed=seed)
     expert.reset(env, obs, info)
     observations, actions, rewards, terms, truncs, successes = [obs], [], [], [], [], []
@@ -109,6 +111,8 @@ def rollout(env, expert, seed: int) -> dict:
         truncs.append(bool(truncated))
         successes.append(bool(info.get("success", info.get("is_success", False))))
         done = terminated or truncated
+    if success_threshold is not None and sum(rewards) >= success_threshold:
+        successes[-1] = True
     return {
         "seed": seed,
         "observations": observations,
@@ -136,12 +140,16 @@ def _init_worker(spec: EnvSpec, expert_cfg: dict, sb3_path: str | None, seed: in
 
     torch.set_num_threads(1)
     env = make_env(spec, monitor=False)()
-    _WORKER.update(env=env, expert=_expert(spec, env.observation_space, env.action_space, expert_cfg, sb3_path, seed))
+    _WORKER.update(
+        env=env,
+        threshold=spec.success_threshold,
+        expert=_expert(spec, env.observation_space, env.action_space, expert_cfg, sb3_path, seed),
+    )
 
 
 def collect_episodes(seeds: list[int]) -> list[dict]:
     """Roll this worker's (noisy) expert out once per seed."""
-    return [rollout(_WORKER["env"], _WORKER["expert"], s) for s in seeds]
+    return [rollout(_WORKER["env"], _WORKER["expert"], s, _WORKER["threshold"]) for s in seeds]
 
 
 def _mean_return(spec: EnvSpec, expert, seeds: list[int]) -> float:
@@ -248,7 +256,7 @@ def _collect_task(
     else:
         _init_worker(*init)
         for s in seeds:
-            episodes[s] = rollout(_WORKER["env"], _WORKER["expert"], s)
+            episodes[s] = rollout(_WORKER["env"], _WORKER["expert"], s, _WORKER["threshold"])
             bar.update(1)
         _WORKER.pop("env").close()
     ordered = [episodes[s] for s in seeds]  # the dataset's order never depends on worker timing

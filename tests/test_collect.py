@@ -180,7 +180,24 @@ def test_malformed_datasets_get_one_clear_error(dataset_path, case):
 
 
 def test_metaworld_task_list_in_two_workers(tmp_path):
-    summary = collect(tmp_path, "cw", "sequence=cw10", "episodes=2", "workers=2", "max_episode_steps=60", "dataset.ref_episodes=1")
+    summary = collect(
+        tmp_path, "cw", "sequence=cw10", "episodes=2", "workers=2", "max_episode_steps=60", "dataset.ref_episodes=1"
+    )
     assert len(summary["datasets"]) == 10
     info = dataset_info("retain/cw10/hammer/expert-v0")
-    assert info["steps"] == 120 and info["env_spec"]["max_episode_steps"] == 60 and info["expert"] == "metaworld:hammer-v3"
+    assert (
+        info["steps"] == 120 and info["env_spec"]["max_episode_steps"] == 60 and info["expert"] == "metaworld:hammer-v3"
+    )
+
+
+def test_babyai_missions_are_kept_as_text(tmp_path):
+    collect(tmp_path, "baby", "sequence=babyai4", "episodes=3", "workers=1")
+    dataset = load_dataset("retain/babyai4/put_next_local/expert-v0")
+    episode = dataset[0]
+    missions = episode.observations["mission"]
+    assert (
+        isinstance(missions[0], str) and missions[0].startswith("put the") and len(missions) == len(episode.actions) + 1
+    )
+    assert episode.observations["image"].shape[1:] == (7, 7, 3)
+    info = dataset_info("retain/babyai4/put_next_local/expert-v0")
+    assert info["success_rate"] == 1.0 and info["expert"] == "babyai_bot"
