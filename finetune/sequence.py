@@ -181,12 +181,25 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
         if reference is None:
             reference = (task.name, spaces)
             check_agent(agent, spaces[1], task.name)
+            if _has_text(spaces[0]):
+                raise ConfigError(
+                    f"task {task.name!r} observes text ({spaces[0]}), which SB3 policies cannot take",
+                    "train on it with an LM policy, or use the sequence for data collection (retain collect)",
+                )
         elif spaces != reference[1]:
             raise ConfigError(
                 f"task {task.name!r} has spaces {spaces[0]} / {spaces[1]} but {reference[0]!r} has {reference[1][0]} / {reference[1][1]}",
                 "tasks of one sequence must share observation and action spaces",
             )
     return tasks
+
+
+def _has_text(space) -> bool:
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Text):
+        return True
+    return isinstance(space, gym.spaces.Dict) and any(_has_text(s) for s in space.spaces.values())
 
 
 def chunk_plan(steps: int, rollout: int, chunks: int) -> list[int]:

@@ -136,3 +136,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(cli):
         pytest.skip("a CUDA device is visible")
     proc = cli("sequence", "device=cuda", "run_dir=out", *TINY)
     assert proc.returncode == 2 and "no CUDA device" in error_lines(proc)[0]
+
+
+def test_text_observations_are_refused_by_sb3_agents(cli):
+    proc = cli("sequence", "sequence=babyai4", "run_dir=out")
+    assert proc.returncode == 2 and "observes text" in error_lines(proc)[0]
