@@ -97,6 +97,8 @@ def rollout(env, expert, seed: int, success_threshold: float | None = None) -> d
     """One episode: T+1 observations, T actions/rewards/flags, and per-step success: the env's
     ``info["success"]``, or (envs that only pay on success, e.g. BabyAI) the last step once the
     return reaches ``success_threshold``."""
+    if hasattr(expert, "seed_episode"):
+        expert.seed_episode(seed)
     obs, info = env.reset(seed=seed)
     expert.reset(env, obs, info)
     observations, actions, rewards, terms, truncs, successes = [obs], [], [], [], [], []

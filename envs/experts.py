@@ -1,7 +1,8 @@
 """Experts that act in one (non-vectorized) env, and the data-quality knobs applied on top of them.
 
 An expert sees the env once per episode (``reset``), so experts that need hidden state (the point
-mass's goal, BabyAI's grid) read it there; ``act`` maps one observation to one action.
+mass's goal, BabyAI's grid) read it there; ``act`` maps one observation to one action. Experts
+that draw random numbers also have ``seed_episode(seed)``, called before each episode.
 ``NoisyExpert`` adds Gaussian action noise σ (continuous actions, clipped to the action space) and
 ε-random mixing, so that expert / medium / random mixes (as D4RL) can be collected.
 """
@@ -38,6 +39,9 @@ class RandomExpert:
     def reset(self, env: gym.Env, obs: Any, info: dict) -> None:
         pass
 
+    def seed_episode(self, seed: int) -> None:
+        self.action_space.seed(seed)
+
     def act(self, obs: Any, info: dict) -> Any:
         return self.action_space.sample()
 
@@ -61,6 +65,13 @@ class NoisyExpert:
 
     def reset(self, env: gym.Env, obs: Any, info: dict) -> None:
         self.expert.reset(env, obs, info)
+
+    def seed_episode(self, seed: int) -> None:
+        """Draw this episode's noise from its own seed, so data never depends on which worker ran it."""
+        self.rng = np.random.default_rng(seed)
+        self.action_space.seed(seed)
+        if hasattr(self.expert, "seed_episode"):
+            self.expert.seed_episode(seed)
 
     def act(self, obs: Any, info: dict) -> Any:
         action = self.expert.act(obs, info)  # always queried, so the expert's own state stays in step

@@ -181,6 +181,10 @@ class PDExpert:
         self.rng = np.random.default_rng(seed)
         self.env: PointMassEnv | None = None
 
+    def seed_episode(self, seed: int) -> None:
+        """Draw this episode's noise from its own seed (data then never depends on which worker ran it)."""
+        self.rng = np.random.default_rng(seed)
+
     def reset(self, env: gym.Env, obs: Any, info: dict) -> None:
         self.env = env.unwrapped
         self.goal = np.array(self.env.goal, dtype=np.float64)

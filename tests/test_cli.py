@@ -10,7 +10,7 @@ from tests.conftest import TINY, error_lines
 def test_help_lists_every_job(cli):
     proc = cli("--help")
     assert proc.returncode == 0
-    for job in ("demo", "sequence", "report"):
+    for job in ("demo", "sequence", "collect", "data", "report"):
         assert f"  {job} " in proc.stdout
 
 
@@ -18,7 +18,7 @@ def test_unknown_job(cli):
     proc = cli("trian")
     assert proc.returncode == 2
     assert error_lines(proc) == [
-        "retain: error: unknown job 'trian' — choose one of demo, sequence, report (`retain --help` lists them)"
+        "retain: error: unknown job 'trian' — choose one of demo, sequence, collect, data, report (`retain --help` lists them)"
     ]
 
 
@@ -26,7 +26,7 @@ def test_job_help_and_cfg_work_as_in_hydra(cli):
     helped = cli("sequence", "--help")
     assert helped.returncode == 0 and "retain sequence: online continual RL" in helped.stdout
     assert (
-        "sequence: cw10, cw20, frozenlake_goals, single" in helped.stdout and "method: finetune, reset" in helped.stdout
+        "sequence: babyai4, cw10, cw20, dmc6, frozenlake_goals" in helped.stdout and "method: finetune, reset" in helped.stdout
     )
     shown = cli("sequence", "--cfg", "job", "seed=5")
     assert shown.returncode == 0 and "seed: 5" in shown.stdout

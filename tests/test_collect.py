@@ -46,8 +46,8 @@ def test_point_mass_dataset_reads_back_with_metadata(tmp_path):
 
 
 def test_datasets_do_not_depend_on_the_number_of_workers(tmp_path):
-    collect(tmp_path, "one", "episodes=5", "workers=1", "dataset.quality=one")
-    collect(tmp_path, "two", "episodes=5", "workers=2", "dataset.quality=two")
+    collect(tmp_path, "one", "episodes=5", "workers=1", "dataset.quality=one", "expert.sigma=0.3", "expert.epsilon=0.1")
+    collect(tmp_path, "two", "episodes=5", "workers=2", "dataset.quality=two", "expert.sigma=0.3", "expert.epsilon=0.1")
     a, b = load_dataset("retain/pointmass/one-v0"), load_dataset("retain/pointmass/two-v0")
     for ea, eb in zip(a.iterate_episodes(), b.iterate_episodes(), strict=True):
         np.testing.assert_array_equal(ea.observations, eb.observations)

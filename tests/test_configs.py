@@ -16,6 +16,7 @@ from finetune.methods import make_method
 from finetune.sequence import build_tasks
 from retain.cli import JOBS, register_job_schemas
 from retain.config import config_dir, load_config
+from retain.errors import ConfigError
 from retain.tracking import LoggerConfig, Tracker
 
 CONFIGS = config_dir()
@@ -45,6 +46,10 @@ def test_every_primary_config_is_a_job():
 def test_sequence_options_build_their_tasks(option):
     overrides = [f"sequence={option}"] + (["env=cartpole"] if option == "single" else [])
     cfg = load_config("sequence", overrides)
+    if option == "babyai4":  # text observations: for LM policies and collection, refused by SB3 agents
+        with pytest.raises(ConfigError, match="observes text"):
+            build_tasks(cfg)
+        return
     tasks = build_tasks(cfg)  # checks every env id, shared spaces, and that the agent fits
     assert len(tasks) == (1 if cfg.sequence.from_env else len(cfg.sequence.tasks)) >= 1
 
