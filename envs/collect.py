@@ -242,21 +242,29 @@ def _collect_task(
     expert_cfg = {**expert_cfg, "kind": kind}
 
     seeds = [derive_seed(cfg.seed, "collect", t, k) for k in range(cfg.episodes)]
-    t0 = time.perf_counter()
     episodes: dict[int, dict] = {}
     init = (spec, expert_cfg, sb3_path, derive_seed(cfg.seed, "expert-noise", t))
+    inherit = cfg.workers == 1 or not spec.pixels
+    if inherit:
+        _init_worker(*init)  # the env is built before the clock starts, as a raw loop's is
+    t0 = time.perf_counter()  # steps_per_second times the rollouts (and, with workers, their start-up)
     if cfg.workers > 1:
-        # fork: workers start in milliseconds with the parent's imports (the parent runs one torch thread)
+        # fork: workers start in milliseconds with the parent's imports (the parent runs one torch thread),
+        # and inherit a copy of an env built here once, unless it renders (GL contexts do not survive a fork)
         with ProcessPoolExecutor(
-            max_workers=cfg.workers, mp_context=mp.get_context("fork"), initializer=_init_worker, initargs=init
+            max_workers=cfg.workers,
+            mp_context=mp.get_context("fork"),
+            initializer=None if inherit else _init_worker,
+            initargs=() if inherit else init,
         ) as pool:
             futures = {pool.submit(collect_episodes, chunk): chunk for chunk in _chunks(seeds, cfg.workers * 8)}
             for future in as_completed(futures):
                 for episode in future.result():
                     episodes[episode["seed"]] = episode
                 bar.update(len(futures[future]))
+        if inherit:
+            _WORKER.pop("env").close()
     else:
-        _init_worker(*init)
         for s in seeds:
             episodes[s] = rollout(_WORKER["env"], _WORKER["expert"], s, _WORKER["threshold"])
             bar.update(1)
