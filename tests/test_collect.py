@@ -201,3 +201,10 @@ def test_babyai_missions_are_kept_as_text(tmp_path):
     assert episode.observations["image"].shape[1:] == (7, 7, 3)
     info = dataset_info("retain/babyai4/put_next_local/expert-v0")
     assert info["success_rate"] == 1.0 and info["expert"] == "babyai_bot"
+
+
+def test_random_expert_and_info_by_path(tmp_path):
+    collect(tmp_path, "rand", "expert.kind=random", "dataset.quality=random", "episodes=2", "workers=1")
+    path = data_root() / "retain/pointmass/random-v0"
+    info = dataset_info(str(path))  # a directory works as well as an id
+    assert info["expert"] == "random" and info["episodes"] == 2
