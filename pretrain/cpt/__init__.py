@@ -1,0 +1,1 @@
+"""LLM continual pretraining: data, schedules, trainer, evaluation."""
