@@ -1,0 +1,426 @@
+"""The continual-pretraining trainer core: train a causal LM through a list of stages, nanoGPT-style.
+
+A stage is one task of the continual sequence: a token budget, a data mixture (new sources by weight,
+replayed sources by exact ratio), a peak learning rate and its own schedule. ``train_stages`` runs them in
+order, top to bottom:
+
+1. evaluate every source before training (``initial``);
+2. per stage: steps = tokens // (seq_len * batch_size * grad_accum); a fresh AdamW and a scheduler over the
+   stage's own steps; ``inherit`` decides what carries over from the previous stage (or ``from_checkpoint``);
+3. per step: one sampler batch of ``batch_size * grad_accum`` rows, split into ``grad_accum`` micro-batches,
+   gradient clipping, optimizer step, scheduler step; ``train/`` and ``perf/`` metrics every ``log_every``;
+   validation loss of every source densely early in the stage and sparsely later (``eval/<source>/``);
+4. at each stage end every source is evaluated into one row of the results matrix R (stages x sources, lower
+   is better) and a checkpoint is written.
+
+**Exact resume.** Checkpoints (every ``checkpoint_every`` steps and at each stage end) hold the weights, the
+optimizer, scheduler and sampler states, the stage index, step within the stage, global step, R and curves
+so far, the tracker's byte offset and the global RNG states. The sampler is stateless beyond its step, so
+``resume=True`` continues bit for bit: on CPU with the same seed the final weights equal an uninterrupted
+run's. Open the tracker with ``Tracker(run_dir, resume_offset=tracker_resume_offset(run_dir))`` so lines
+logged after the checkpoint are dropped. ``stop_after`` ends a call after that many updates as if it were
+killed (nothing extra is saved), which is how tests interrupt a run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from pretrain.cpt.data import MixtureSampler, TokenDataset
+from pretrain.cpt.schedules import ScheduleConfig, build_scheduler
+from retain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from retain.errors import ConfigError
+from retain.seeding import derive_seed, rng_state, seed_everything, set_rng_state
+from retain.tracking import Tracker
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class InheritConfig:
+    """What a stage takes from the previous stage, or from ``from_checkpoint`` when that is set."""
+
+    weights: bool = True
+    """continue from the previous weights; False restarts from the weights the model had when
+    ``train_stages`` was called (or keeps the current ones if ``from_checkpoint`` is unset and this is stage 0)"""
+    optimizer: bool = True
+    """carry AdamW's moment estimates over (the stage's own lr, betas and weight decay still apply)"""
+    scheduler: bool = False
+    """read this stage's schedule at the position where the previous one stopped instead of at 0 (no re-warm:
+    meant for the infinite schedule); False starts the schedule afresh, i.e. re-warms"""
+    data_position: bool = False
+    """continue the previous sampler's seed and step (the same stream, e.g. a stage that splits a long run);
+    False draws this stage's batches from a seed of its own, from step 0"""
+    step: bool = True
+    """continue the global step (logging x-axis); False restarts it at 0"""
+    from_checkpoint: str | None = None
+    """a checkpoint folder, or a folder holding ``latest.json`` (a run's ``checkpoints/`` or its run dir);
+    inherit from it instead of from the previous stage"""
+
+
+@dataclass
+class StageConfig:
+    """One stage (task) of continual pretraining."""
+
+    name: str
+    """the stage's name (a row of R)"""
+    tokens: int
+    """training token budget; steps = tokens // (seq_len * batch_size * grad_accum)"""
+    mix: dict[str, float]
+    """new-data sources and their sampling weights (normalized)"""
+    replay: dict[str, float] = field(default_factory=dict)
+    """replayed sources and the exact share of each batch's rows they take"""
+    lr: float = 3e-4
+    """peak learning rate η_max"""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """the learning-rate schedule over this stage's steps"""
+    inherit: InheritConfig = field(default_factory=InheritConfig)
+    """what carries over from the previous stage"""
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings shared by all stages."""
+
+    seq_len: int = 256
+    """tokens per training window (the model sees seq_len inputs and predicts seq_len targets)"""
+    batch_size: int = 8
+    """windows per micro-batch"""
+    grad_accum: int = 1
+    """micro-batches per optimizer update"""
+    clip: float = 1.0
+    """max global gradient norm (clip_grad_norm_); <= 0 disables clipping"""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay"""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas (0.95 is the usual LLM choice)"""
+    checkpoint_every: int = 0
+    """write a checkpoint every this many updates within a stage (0: only at stage ends)"""
+    log_every: int = 1
+    """log train/ and perf/ metrics every this many updates"""
+
+
+@dataclass
+class CptEvalConfig:
+    """When validation losses are computed during a stage."""
+
+    dense_every: int = 10
+    """evaluate every this many updates early in the stage (where re-warming forgets fastest)"""
+    dense_until_fraction: float = 0.1
+    """the early part of the stage that is evaluated densely"""
+    sparse_every: int = 100
+    """evaluate every this many updates afterwards"""
+    val_batches: int = 4
+    """fixed validation batches per source (of TrainConfig.batch_size windows)"""
+
+
+def stage_steps(stage: StageConfig, train: TrainConfig) -> int:
+    """Optimizer updates of ``stage``; ConfigError if its budget is below one update."""
+    per_step = train.seq_len * train.batch_size * train.grad_accum
+    steps = stage.tokens // per_step
+    if steps < 1:
+        raise ConfigError(
+            f"stage {stage.name!r}: tokens={stage.tokens} is less than one update ({per_step} tokens)",
+            "raise the stage's tokens or lower seq_len/batch_size/grad_accum",
+        )
+    return steps
+
+
+def is_eval_step(step: int, steps: int, cfg: CptEvalConfig) -> bool:
+    """Whether updates ``1..steps`` of a stage end with an evaluation at ``step`` (the stage end is separate)."""
+    if step <= cfg.dense_until_fraction * steps:
+        return cfg.dense_every > 0 and step % cfg.dense_every == 0
+    return cfg.sparse_every > 0 and step % cfg.sparse_every == 0
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean token cross-entropy of ``model`` over ``batches`` (every target token weighs the same)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for inputs, targets in batches:
+        logits = model(input_ids=inputs.to(device)).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(device).flatten(), reduction="sum")
+        total += float(loss)
+        count += targets.numel()
+    model.train(was_training)
+    return total / count
+
+
+def tracker_resume_offset(run_dir: str | Path) -> int | None:
+    """The tracker byte offset stored in the run's latest checkpoint (None when there is none)."""
+    path = latest_checkpoint(Path(run_dir) / CHECKPOINTS)
+    if path is None:
+        return None
+    return int(load_checkpoint(path)[1]["tracker_offset"])
+
+
+def _resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    for root in (path, path / CHECKPOINTS):
+        if (root / "latest.json").exists():
+            found = latest_checkpoint(root)
+            assert found is not None
+            return found
+    return path
+
+
+def _shifted(step: int, factor: Any, offset: int) -> float:
+    return factor(step + offset)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int, offset: int) -> LRScheduler:
+    """The stage's scheduler, read ``offset`` steps into its schedule (inherit.scheduler) when offset > 0."""
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    if offset == 0:
+        return scheduler
+    assert isinstance(scheduler, LambdaLR)  # all of build_scheduler's are
+    # partial, not a closure: LambdaLR's state_dict must stay plain data for weights_only loading.
+    return LambdaLR(optimizer, partial(_shifted, factor=scheduler.lr_lambdas[0], offset=offset))
+
+
+def _optimizer(model: torch.nn.Module, lr: float, train: TrainConfig) -> torch.optim.AdamW:
+    on_cuda = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=lr,
+        betas=tuple(train.betas),
+        weight_decay=train.weight_decay,
+        fused=True if on_cuda else None,
+    )
+
+
+def _take_moments(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load only the per-parameter state (moments, step counts) of ``state``, keeping this optimizer's
+    hyper-parameters: a full load_state_dict would bring back the old lr and the old scheduler's initial_lr."""
+    optimizer.load_state_dict({"state": state["state"], "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def train_stages(
+    model: torch.nn.Module,
+    sources: dict[str, TokenDataset],
+    stages: list[StageConfig],
+    train: TrainConfig,
+    eval_cfg: CptEvalConfig,
+    run_dir: str | Path,
+    tracker: Tracker,
+    seed: int = 0,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> dict:
+    """Train ``model`` through ``stages`` and return the continual results.
+
+    Returns ``{"sources", "stages", "matrix", "initial", "curves", "global_step", "stopped"}``: ``matrix`` is R
+    (one row per stage, one column per source in ``sources``' order: validation loss after the stage),
+    ``initial`` the losses before stage 0, ``curves`` per source the ``[global_step, loss]`` of every evaluation.
+    ``resume=True`` continues from the latest checkpoint under ``run_dir/checkpoints`` (a fresh start when there
+    is none). ``stop_after`` returns after that many updates in this call, saving nothing more (as if killed);
+    the result then has ``stopped=True`` and only the rows finished so far.
+    """
+    names = list(sources)
+    for stage in stages:
+        unknown = sorted((set(stage.mix) | set(stage.replay)) - set(names))
+        if unknown:
+            raise ConfigError(f"stage {stage.name!r} names unknown sources {unknown}", f"use some of {names}")
+    steps_of = [stage_steps(stage, train) for stage in stages]
+    ckpt_root = Path(run_dir) / CHECKPOINTS
+    device = next(model.parameters()).device
+    val = {n: sources[n].val_batches(train.seq_len, train.batch_size, eval_cfg.val_batches) for n in names}
+    start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def eval_all(global_step: int) -> list[float]:
+        losses = [evaluate(model, val[n]) for n in names]
+        metrics = {}
+        for n, loss in zip(names, losses):
+            metrics[f"eval/{n}/loss"] = loss
+            metrics[f"eval/{n}/perplexity"] = math.exp(min(loss, 50.0))  # capped: exp overflows on a diverged run
+            curves[n].append([global_step, loss])
+        tracker.log(metrics, global_step)
+        return losses
+
+    saved = latest_checkpoint(ckpt_root) if resume else None
+    if saved is not None:
+        weights, state, _, _ = load_checkpoint(saved)
+        model.load_state_dict(weights)
+        R, initial, curves = state["R"], state["initial"], state["curves"]
+        global_step, resume_at = state["global_step"], state
+        set_rng_state(state["rng"])
+    else:
+        seed_everything(seed)
+        R, curves, global_step, resume_at = [], {n: [] for n in names}, 0, None
+        first = stages[0].inherit if stages else InheritConfig(from_checkpoint=None)
+        if first.from_checkpoint and first.weights:
+            # `initial` is what stage 0 starts from, so the checkpoint's weights are loaded before it.
+            model.load_state_dict(load_checkpoint(_resolve_checkpoint(first.from_checkpoint))[0])
+        initial = eval_all(0)
+
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: LRScheduler | None = None
+    sampler: MixtureSampler | None = None
+    sched_pos = 0  # schedule position where the previous stage stopped (inherit.scheduler)
+    done_here = 0  # updates run in this call (stop_after)
+
+    for i, stage in enumerate(stages):
+        steps = steps_of[i]
+        if resume_at is not None and i < resume_at["stage"]:
+            continue  # finished before the checkpoint; its results are in R
+        resuming = resume_at is not None and i == resume_at["stage"]
+        inh = stage.inherit
+        # Where inherited things come from: a named checkpoint, or the live objects of the previous stage.
+        src_opt = optimizer.state_dict() if optimizer is not None else None
+        src_pos = sched_pos
+        src_sampler = sampler.state_dict() if sampler is not None else None
+        if inh.from_checkpoint and not resuming:
+            c_weights, c_state, _, _ = load_checkpoint(_resolve_checkpoint(inh.from_checkpoint))
+            if inh.weights:
+                model.load_state_dict(c_weights)
+            src_opt = c_state.get("optimizer")
+            src_pos = c_state.get("sched_offset", 0) + c_state.get("scheduler", {}).get("last_epoch", 0)
+            src_sampler = c_state.get("sampler")
+            if inh.step:
+                global_step = int(c_state.get("global_step", 0))
+        elif i > 0 and not resuming and not inh.weights:
+            model.load_state_dict(start_weights)
+        if not inh.step and not resuming:
+            global_step = 0
+
+        offset = src_pos if inh.scheduler else 0
+        data_seed, data_step = derive_seed(seed, "data", i), 0
+        if inh.data_position and src_sampler is not None:
+            data_seed, data_step = int(src_sampler["seed"]), int(src_sampler["step"])
+        if resuming:
+            offset, data_seed = resume_at["sched_offset"], int(resume_at["sampler"]["seed"])
+
+        optimizer = _optimizer(model, stage.lr, train)
+        if inh.optimizer and src_opt is not None and not resuming:
+            _take_moments(optimizer, src_opt)
+        scheduler = _scheduler(optimizer, stage.schedule, steps, offset)
+        stage_sources = {n: sources[n] for n in [*stage.mix, *stage.replay]}
+        sampler = MixtureSampler(
+            stage_sources,
+            stage.mix,
+            train.seq_len,
+            train.batch_size * train.grad_accum,  # one sampler batch per update, split into micro-batches below
+            seed=data_seed,
+            replay=stage.replay,
+        )
+        sampler.step = data_step
+        step = 0
+        if resuming:
+            optimizer.load_state_dict(resume_at["optimizer"])
+            scheduler.load_state_dict(resume_at["scheduler"])
+            sampler.load_state_dict(resume_at["sampler"])
+            step = int(resume_at["stage_step"])
+        sched_pos = offset
+
+        # Bound now, so the checkpoint saves this stage's objects (R, initial and curves are mutated in place).
+        checkpoint = partial(
+            _save,
+            ckpt_root,
+            model,
+            tracker,
+            names,
+            stage.name,
+            i,
+            optimizer,
+            scheduler,
+            offset,
+            sampler,
+            R,
+            initial,
+            curves,
+        )
+
+        model.train()
+        while step < steps:
+            if stop_after is not None and done_here >= stop_after:
+                return _result(names, stages, R, initial, curves, global_step, stopped=True)
+            t0 = time.perf_counter()
+            inputs, targets = sampler.next_batch()
+            lr = scheduler.get_last_lr()[0]  # the rate this update uses
+            total = 0.0
+            for x, y in zip(inputs.chunk(train.grad_accum), targets.chunk(train.grad_accum)):
+                logits = model(input_ids=x.to(device)).logits
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten())
+                (loss / train.grad_accum).backward()  # mean over micro-batches = the full batch's mean
+                total += loss.item() / train.grad_accum
+            if train.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            global_step += 1
+            done_here += 1
+            if step % train.log_every == 0:
+                tps = inputs.numel() / max(time.perf_counter() - t0, 1e-9)
+                tracker.log({"train/loss": total, "train/lr": lr, "perf/tokens_per_second": tps}, global_step)
+            if step < steps and is_eval_step(step, steps, eval_cfg):
+                eval_all(global_step)
+            if train.checkpoint_every > 0 and step % train.checkpoint_every == 0 and step < steps:
+                checkpoint(step, global_step)
+        sched_pos = offset + steps
+        if len(R) <= i:  # not yet recorded (a resume from this stage's end checkpoint has it)
+            R.append(eval_all(global_step))
+            checkpoint(step, global_step)
+        resume_at = None if resuming else resume_at
+    return _result(names, stages, R, initial, curves, global_step, stopped=False)
+
+
+def _save(
+    root: Path,
+    model: torch.nn.Module,
+    tracker: Tracker,
+    names: list[str],
+    stage_name: str,
+    stage_index: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    offset: int,
+    sampler: MixtureSampler,
+    R: list[list[float]],
+    initial: list[float],
+    curves: dict[str, list[list[float]]],
+    step: int,
+    global_step: int,
+) -> None:
+    """A checkpoint holding everything the rest of the run depends on (see the module docstring)."""
+    state = {
+        "stage": stage_index,
+        "stage_step": step,
+        "global_step": global_step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "sched_offset": offset,
+        "sampler": sampler.state_dict(),
+        "R": R,
+        "initial": initial,
+        "curves": curves,
+        "tracker_offset": tracker.offset(),
+        "rng": rng_state(),
+    }
+    meta = {"stage": stage_name, "stage_index": stage_index, "stage_step": step, "sources": names}
+    save_checkpoint(root, global_step, model.state_dict(), state, meta=meta)
+
+
+def _result(names, stages, R, initial, curves, global_step, stopped: bool) -> dict:
+    return {
+        "sources": list(names),
+        "stages": [s.name for s in stages],
+        "matrix": [list(row) for row in R],
+        "initial": list(initial),
+        "curves": curves,
+        "global_step": global_step,
+        "stopped": stopped,
+    }

