@@ -46,6 +46,11 @@ JOBS: dict[str, Job] = {
         "envs.collect:CollectJobConfig",
         "roll experts out on tasks and write Minari datasets (offline data)",
     ),
+    "cpt": Job(
+        "pretrain.cpt.job:run_cpt",
+        "pretrain.cpt.job:CptJobConfig",
+        "continual pretraining of a language model over stages; forgetting per text domain",
+    ),
     "data": Job(
         "envs.data_cli:main", None, "list datasets, or show one's episodes, steps, returns, success and spaces"
     ),

@@ -72,6 +72,8 @@ def load_run(run_dir: str | Path) -> dict:
 
 def label_of(run: dict) -> str:
     cfg, summary = run["config"], run["summary"]
+    if summary.get("job") == "cpt":
+        return "cpt · " + " → ".join(summary.get("stages", []))
     method = summary.get("method") or cfg.get("method", {}).get("name", "?")
     sequence = summary.get("sequence") or cfg.get("sequence", {}).get("name", "?")
     return f"{method} · {sequence}"

@@ -1,0 +1,231 @@
+"""``retain cpt``: continual pretraining of a language model over stages, scored like any sequence.
+
+Sources are text corpora (files, folders, JSONL, parquet, ``datasets`` folders, or the built-in
+offline corpora ``builtin:shakespeare`` and ``builtin:bios``), tokenized once under RETAIN_DATA.
+Each stage trains on its mixture (with replay) for its token budget; at every stage end every
+source's validation loss fills a row of R, so ``retain/metrics.py`` gives forgetting and transfer
+with ``higher_is_better=false``, exactly as for RL. Knowledge of the synthetic biographies is probed
+by completion (does "<name> was born in" continue with the right city?).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from envs.datasets import data_root
+from pretrain.cpt.corpora import TEMPLATES, shakespeare_plays, write_corpus
+from pretrain.cpt.data import TokenDataset, tokenize_source
+from pretrain.cpt.model import ModelConfig, load_model, load_tokenizer
+from pretrain.cpt.schedules import check_schedule
+from pretrain.cpt.trainer import (
+    CptEvalConfig,
+    StageConfig,
+    TrainConfig,
+    stage_steps,
+    tracker_resume_offset,
+    train_stages,
+)
+from retain.config import RunConfig, to_container
+from retain.errors import ConfigError
+from retain.metrics import continual_metrics
+from retain.report import write_report
+from retain.rundir import prepare_run_dir, write_results, write_summary
+from retain.tracking import Tracker
+
+
+@dataclass
+class SourceConfig:
+    """A text corpus."""
+
+    path: str = "???"
+    """a file or folder (text, JSONL, parquet, datasets), or builtin:shakespeare | builtin:bios"""
+    text_field: str = "text"
+    """the text field of JSONL/parquet/datasets sources"""
+    val_fraction: float = 0.02
+    """documents held out for validation"""
+
+
+@dataclass
+class BiosConfig:
+    """The synthetic knowledge corpus (builtin:bios)."""
+
+    people: int = 300
+    """fictional people"""
+    paraphrases: int = 4
+    """biographies per person, each in other words"""
+    probes: int = 200
+    """completion probes scored for knowledge (0: none)"""
+
+
+@dataclass
+class CptJobConfig(RunConfig):
+    """``retain cpt``: stages of continual pretraining, evaluated on every source."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: CptEvalConfig = field(default_factory=CptEvalConfig)
+    bios: BiosConfig = field(default_factory=BiosConfig)
+
+
+def _builtin(name: str, cfg: DictConfig) -> Path:
+    """Materialize a built-in corpus under RETAIN_DATA/cpt (once; it is deterministic)."""
+    root = data_root() / "cpt"
+    if name == "shakespeare":
+        out = root / "shakespeare"
+        if not out.exists():
+            tmp = root / ".shakespeare.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for play in shakespeare_plays():
+                shutil.copy(play, tmp / play.name)
+            tmp.rename(out)
+        return out
+    if name == "bios":
+        out = root / f"bios-{cfg.bios.people}x{cfg.bios.paraphrases}-seed{cfg.seed}"
+        if not (out / "bios.txt").exists():
+            write_corpus(out, cfg.bios.people, cfg.bios.paraphrases, seed=cfg.seed)
+        return out / "bios.txt"
+    raise ConfigError(f"unknown built-in corpus builtin:{name}", "use builtin:shakespeare or builtin:bios, or a path")
+
+
+def _source_paths(cfg: DictConfig) -> dict[str, Path]:
+    paths = {}
+    for name, source in cfg.sources.items():
+        path = (
+            _builtin(source.path.split(":", 1)[1], cfg)
+            if source.path.startswith("builtin:")
+            else Path(source.path).expanduser()
+        )
+        if not path.exists():
+            raise ConfigError(
+                f"source {name}: {path} does not exist",
+                "give a file or folder of text, or builtin:shakespeare / builtin:bios",
+            )
+        paths[name] = path
+    return paths
+
+
+def _check(cfg: DictConfig) -> None:
+    if not cfg.sources or not cfg.stages:
+        raise ConfigError("retain cpt needs sources and stages", "see configs/cpt.yaml for the default two-stage run")
+    train = OmegaConf.to_object(cfg.train)
+    for stage in (OmegaConf.to_object(s) for s in cfg.stages):
+        check_schedule(stage.schedule, stage_steps(stage, train))  # before anything is written
+        for name in list(stage.mix) + list(stage.replay):
+            if name not in cfg.sources:
+                raise ConfigError(
+                    f"stage {stage.name} uses source {name!r}, which is not in sources",
+                    f"use one of {', '.join(cfg.sources)}",
+                )
+
+
+def knowledge_probes(model, tokenizer, bios_dir: Path, n: int) -> float:
+    """Completion accuracy on the biographies: the greedy continuation of "<name> was born in" etc.
+    must start with the true value (first template of each fact, its value cut off)."""
+    people = [json.loads(line) for line in (bios_dir / "people.jsonl").read_text().splitlines()]
+    prompts = []
+    for person in people:
+        for attribute, templates in TEMPLATES.items():
+            template = templates[0]
+            prefix = template.split("{value}")[0].format(name=person["name"]).rstrip()
+            prompts.append((prefix, person[attribute]))
+    rng = np.random.default_rng(0)
+    chosen = [prompts[i] for i in rng.choice(len(prompts), size=min(n, len(prompts)), replace=False)]
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for prefix, answer in chosen:
+            ids = torch.tensor([tokenizer.encode(prefix)])
+            want = len(tokenizer.encode(" " + answer))
+            out = model.generate(ids, max_new_tokens=want + 2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            text = tokenizer.decode(out[0, ids.shape[1] :]).strip()
+            correct += text.startswith(answer)
+    model.train()
+    return correct / max(len(chosen), 1)
+
+
+def run_cpt(cfg: DictConfig) -> dict:
+    """Train the stages; write results (R over sources, losses), summary and report into ``cfg.run_dir``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded unless the user asks
+    started = time.perf_counter()
+    cfg.run_dir = str(cfg.run_dir)
+    torch.set_num_threads(cfg.threads)
+    _check(cfg)
+    paths = _source_paths(cfg)
+    run_dir = prepare_run_dir(cfg)
+    text_files = [p for path in paths.values() for p in (sorted(path.glob("*.txt")) if path.is_dir() else [path])]
+    model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
+    tokenizer = load_tokenizer(model_cfg, text_files, cache_dir=run_dir / "tokenizer")
+    sources = {}
+    for name, path in paths.items():
+        key = hashlib.sha1((str(path.resolve()) + tokenizer.backend_tokenizer.to_str()).encode()).hexdigest()[:12]
+        out = data_root() / "cpt" / "tokens" / f"{name}-{key}"  # tokenize_source skips it when up to date
+        tokenize_source(
+            path,
+            tokenizer,
+            out,
+            val_fraction=cfg.sources[name].val_fraction,
+            seed=cfg.seed,
+            text_field=cfg.sources[name].text_field,
+        )
+        sources[name] = TokenDataset(out)
+    model = load_model(model_cfg, tokenizer, seed=cfg.seed)
+    stages = [OmegaConf.to_object(s) for s in cfg.stages]
+    offset = tracker_resume_offset(run_dir) if cfg.resume else None
+    with Tracker(run_dir, cfg.logger, config=to_container(cfg), resume_offset=offset) as tracker:
+        result = train_stages(
+            model,
+            sources,
+            stages,
+            OmegaConf.to_object(cfg.train),
+            OmegaConf.to_object(cfg.eval),
+            run_dir,
+            tracker,
+            cfg.seed,
+            cfg.resume,
+        )
+        metrics = continual_metrics(result["matrix"], result["initial"], higher_is_better=False)
+        summary = {
+            "job": "cpt",
+            "stages": [s.name for s in stages],
+            "sources": result["sources"],
+            "steps": result["global_step"],
+        }
+        bios = next((paths[n] for n, s in cfg.sources.items() if s.path == "builtin:bios"), None)
+        if bios is not None and cfg.bios.probes > 0:
+            summary["knowledge_accuracy"] = knowledge_probes(model, tokenizer, bios.parent, cfg.bios.probes)
+            tracker.log({"eval/bios/knowledge_accuracy": summary["knowledge_accuracy"]}, result["global_step"])
+        tracker.log(
+            {f"cl/{k}": v for k, v in metrics.items() if k != "per_task" and v is not None}, result["global_step"]
+        )
+    boundaries = np.cumsum([stage_steps(s, OmegaConf.to_object(cfg.train)) for s in stages]).tolist()
+    write_results(
+        run_dir,
+        {
+            "tasks": result["sources"],
+            "matrix": result["matrix"],
+            "initial": result["initial"],
+            "higher_is_better": False,
+            "metric": "loss",
+            "metrics": metrics,
+            "task_boundaries": boundaries,
+        },
+    )
+    summary.update(wall_time_s=time.perf_counter() - started, **{k: v for k, v in metrics.items() if k != "per_task"})
+    write_summary(run_dir, summary)
+    model.save_pretrained(run_dir / "model", safe_serialization=True)
+    tokenizer.save_pretrained(run_dir / "model")
+    write_report(run_dir)
+    return summary

@@ -1,0 +1,60 @@
+"""`retain cpt` end to end on the offline corpora: results over sources, report, resume, errors."""
+
+import json
+
+import pytest
+
+from pretrain.cpt.job import run_cpt
+from retain.config import load_config
+from retain.errors import ConfigError
+from retain.metrics import METRIC_KEYS
+
+TINY = [
+    "stages.0.tokens=40960",
+    "stages.1.tokens=20480",
+    "stages.0.schedule.warmup_steps=2",
+    "stages.1.schedule.warmup_steps=2",
+    "train.seq_len=64",
+    "train.batch_size=8",
+    "train.checkpoint_every=20",
+    "model.vocab_size=512",
+    "bios.people=40",
+    "bios.probes=10",
+    "eval.val_batches=2",
+    "eval.sparse_every=20",
+    "model.config.hidden_size=32",
+    "model.config.intermediate_size=64",
+    "model.config.num_hidden_layers=1",
+    "model.config.num_attention_heads=2",
+    "model.config.num_key_value_heads=2",
+    "progress=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETAIN_DATA", str(tmp_path / "data"))
+
+
+def test_two_stage_cpt_scores_forgetting_over_sources(tmp_path):
+    summary = run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'run'}", *TINY]))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (
+        results["tasks"] == ["shakespeare", "bios"]
+        and results["metric"] == "loss"
+        and results["higher_is_better"] is False
+    )
+    assert len(results["matrix"]) == 2 and set(results["metrics"]) == {*METRIC_KEYS, "per_task"}
+    R = results["matrix"]
+    assert R[0][0] < results["initial"][0] and R[1][1] < R[0][1]  # each stage learns its own source
+    assert 0.0 <= summary["knowledge_accuracy"] <= 1.0 and summary["steps"] == 40960 // 512 + 20480 // 512
+    for name in ("report.md", "curves.png", "results_heatmap.png", "model/config.json", "tokenizer/tokenizer.json"):
+        assert (tmp_path / "run" / name).exists(), name
+
+
+def test_stages_must_use_known_sources_and_fitting_schedules(tmp_path):
+    with pytest.raises(ConfigError, match="not in sources"):
+        run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'a'}", *TINY, "+stages.1.mix.wiki=1.0"]))
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'b'}", *TINY, "stages.1.schedule.warmup_steps=1000"]))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
