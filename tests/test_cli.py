@@ -10,7 +10,7 @@ from tests.conftest import TINY, error_lines
 def test_help_lists_every_job(cli):
     proc = cli("--help")
     assert proc.returncode == 0
-    for job in ("demo", "sequence", "collect", "data", "report"):
+    for job in ("demo", "sequence", "collect", "cpt", "data", "report"):
         assert f"  {job} " in proc.stdout
 
 
@@ -18,7 +18,7 @@ def test_unknown_job(cli):
     proc = cli("trian")
     assert proc.returncode == 2
     assert error_lines(proc) == [
-        "retain: error: unknown job 'trian' — choose one of demo, sequence, collect, data, report (`retain --help` lists them)"
+        "retain: error: unknown job 'trian' — choose one of demo, sequence, collect, cpt, data, report (`retain --help` lists them)"
     ]
 
 
