@@ -58,3 +58,48 @@ def test_stages_must_use_known_sources_and_fitting_schedules(tmp_path):
     with pytest.raises(ConfigError, match="warmup_steps"):
         run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'b'}", *TINY, "stages.1.schedule.warmup_steps=1000"]))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_sigkill_then_resume_gives_the_same_final_weights(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import RETAIN
+
+    env = {**os.environ, "RETAIN_DATA": str(tmp_path / "data")}
+    args = [RETAIN, "cpt", *TINY]
+    ref = subprocess.run([*args, f"run_dir={tmp_path / 'ref'}"], capture_output=True, text=True, env=env, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    proc = subprocess.Popen(
+        [*args, f"run_dir={tmp_path / 'killed'}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pointer = tmp_path / "killed" / "checkpoints" / "latest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 40:  # into the second stage
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = subprocess.run(
+        [*args, f"run_dir={tmp_path / 'killed'}", "resume=true"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (
+        load_file(tmp_path / "ref" / "model" / "model.safetensors"),
+        load_file(tmp_path / "killed" / "model" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (
+        json.loads((tmp_path / "ref" / "results.json").read_text())["matrix"]
+        == json.loads((tmp_path / "killed" / "results.json").read_text())["matrix"]
+    )
