@@ -150,7 +150,7 @@ class TaskEvaluator:
         step for all envs (``j = -1``)."""
         env_seeds = [seeds[j] + i for j in range(len(self.specs)) for i in range(self.per_task)]
         if isinstance(self.venv, DummyVecEnv):
-            self.venv._seeds = env_seeds
+            self.venv._seeds = env_seeds  # SB3 has no public per-env seeds; seed() only gives seed + i
         else:
             self.venv.set_seeds(env_seeds)
 

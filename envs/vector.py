@@ -69,7 +69,6 @@ class ShardedVecEnv(VecEnv):
             self._remotes.append(parent)
             self._processes.append(process)
         self._seeds: list[int | None] = [None] * self.num_envs
-        self._actions = None
         self.closed = False
 
     def seed(self, seed: int | None = None) -> Sequence[None]:
