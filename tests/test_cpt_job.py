@@ -12,8 +12,7 @@ from retain.metrics import METRIC_KEYS
 TINY = [
     "stages.0.tokens=40960",
     "stages.1.tokens=20480",
-    "stages.0.schedule.warmup_steps=2",
-    "stages.1.schedule.warmup_steps=2",
+    "schedule.warmup_steps=2",
     "train.seq_len=64",
     "train.batch_size=8",
     "train.checkpoint_every=20",
@@ -56,7 +55,7 @@ def test_stages_must_use_known_sources_and_fitting_schedules(tmp_path):
     with pytest.raises(ConfigError, match="not in sources"):
         run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'a'}", *TINY, "+stages.1.mix.wiki=1.0"]))
     with pytest.raises(ConfigError, match="warmup_steps"):
-        run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'b'}", *TINY, "stages.1.schedule.warmup_steps=1000"]))
+        run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'b'}", *TINY, "schedule.warmup_steps=1000"]))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

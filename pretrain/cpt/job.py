@@ -10,6 +10,7 @@ by completion (does "<name> was born in" continue with the right city?).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from envs.datasets import data_root
 from pretrain.cpt.corpora import TEMPLATES, shakespeare_plays, write_corpus
 from pretrain.cpt.data import TokenDataset, tokenize_source
 from pretrain.cpt.model import ModelConfig, load_model, load_tokenizer
-from pretrain.cpt.schedules import check_schedule
+from pretrain.cpt.schedules import ScheduleConfig, check_schedule
 from pretrain.cpt.trainer import (
     CptEvalConfig,
     StageConfig,
@@ -73,6 +74,9 @@ class CptJobConfig(RunConfig):
 
     model: ModelConfig = field(default_factory=ModelConfig)
     sources: dict[str, SourceConfig] = field(default_factory=dict)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """the learning-rate schedule of every stage that does not set its own (group ``schedule/``); an infinite
+    schedule warms up and cools down in the first stage only"""
     stages: list[StageConfig] = field(default_factory=list)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: CptEvalConfig = field(default_factory=CptEvalConfig)
@@ -117,11 +121,26 @@ def _source_paths(cfg: DictConfig) -> dict[str, Path]:
     return paths
 
 
+def job_stages(cfg: DictConfig) -> list[StageConfig]:
+    """The stages of ``cfg``, each with its schedule: its own, or the run's ``schedule`` (a copy per stage).
+
+    With the run's schedule infinite, stages after the first skip its warmup and cooldown and continue at
+    η_const: that is what makes it a single schedule over all stages instead of a re-warm per stage.
+    """
+    stages = [OmegaConf.to_object(s) for s in cfg.stages]
+    for i, stage in enumerate(stages):
+        if stage.schedule is None:
+            stage.schedule = copy.deepcopy(OmegaConf.to_object(cfg.schedule))
+            if stage.schedule.name == "infinite" and i > 0:
+                stage.schedule.skip_warmup_and_cooldown = True
+    return stages
+
+
 def _check(cfg: DictConfig) -> None:
     if not cfg.sources or not cfg.stages:
         raise ConfigError("retain cpt needs sources and stages", "see configs/cpt.yaml for the default two-stage run")
     train = OmegaConf.to_object(cfg.train)
-    for stage in (OmegaConf.to_object(s) for s in cfg.stages):
+    for stage in job_stages(cfg):
         check_schedule(stage.schedule, stage_steps(stage, train))  # before anything is written
         for name in list(stage.mix) + list(stage.replay):
             if name not in cfg.sources:
@@ -182,7 +201,7 @@ def run_cpt(cfg: DictConfig) -> dict:
         )
         sources[name] = TokenDataset(out)
     model = load_model(model_cfg, tokenizer, seed=cfg.seed)
-    stages = [OmegaConf.to_object(s) for s in cfg.stages]
+    stages = job_stages(cfg)
     offset = tracker_resume_offset(run_dir) if cfg.resume else None
     with Tracker(run_dir, cfg.logger, config=to_container(cfg), resume_offset=offset) as tracker:
         result = train_stages(

@@ -81,8 +81,9 @@ class StageConfig:
     """replayed sources and the exact share of each batch's rows they take"""
     lr: float = 3e-4
     """peak learning rate η_max"""
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    """the learning-rate schedule over this stage's steps"""
+    schedule: ScheduleConfig | None = None
+    """the learning-rate schedule over this stage's steps; None: the run's ``schedule`` (``retain cpt`` fills it
+    in; ``train_stages`` uses ``ScheduleConfig()``)"""
     inherit: InheritConfig = field(default_factory=InheritConfig)
     """what carries over from the previous stage"""
 
@@ -305,7 +306,7 @@ def train_stages(
         optimizer = _optimizer(model, stage.lr, train)
         if inh.optimizer and src_opt is not None and not resuming:
             _take_moments(optimizer, src_opt)
-        scheduler = _scheduler(optimizer, stage.schedule, steps, offset)
+        scheduler = _scheduler(optimizer, stage.schedule or ScheduleConfig(), steps, offset)
         stage_sources = {n: sources[n] for n in [*stage.mix, *stage.replay]}
         sampler = MixtureSampler(
             stage_sources,
