@@ -111,6 +111,24 @@ def auc_forward_transfer(
     return float(np.mean(values)) if values else None
 
 
+def stability_gap(steps: Sequence[int], scores: Sequence[float], start: float, higher_is_better: bool = True) -> dict:
+    """The stability gap of one task over one stage (De Lange et al. 2023; Guo et al. 2024 for LLM CPT).
+
+    ``start`` is the score when the stage begins; ``steps``/``scores`` the evaluations during the stage
+    (steps counted from the stage's start). Returns ``depth`` (how much worse than ``start`` the worst
+    evaluation is; 0 when none is worse), ``worst_step`` and ``recovery_step``: the first evaluation after
+    the worst one that is back at ``start`` or better (None when the stage ends first, or there is no gap).
+    Recovery is only as fine-grained as the evaluation grid, which is why the trainer evaluates densely early.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    worse = [sign * (start - s) for s in scores]  # > 0: worse than at the start
+    if not worse or max(worse) <= 0:
+        return {"depth": 0.0, "worst_step": None, "recovery_step": None}
+    worst = int(np.argmax(worse))
+    recovery = next((int(steps[k]) for k in range(worst + 1, len(worse)) if worse[k] <= 0), None)
+    return {"depth": float(worse[worst]), "worst_step": int(steps[worst]), "recovery_step": recovery}
+
+
 def bootstrap_ci(
     values: Sequence[float], confidence: float = 0.9, n_resamples: int = 10_000, seed: int = 0
 ) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs.datasets import data_root
 from pretrain.cpt.corpora import TEMPLATES, shakespeare_plays, write_corpus
 from pretrain.cpt.data import TokenDataset, tokenize_source
+from pretrain.cpt.distributed import MODES, init_parallel, local_device, shutdown
 from pretrain.cpt.model import ModelConfig, load_model, load_tokenizer
 from pretrain.cpt.schedules import ScheduleConfig, check_schedule
 from pretrain.cpt.trainer import (
@@ -81,6 +82,9 @@ class CptJobConfig(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: CptEvalConfig = field(default_factory=CptEvalConfig)
     bios: BiosConfig = field(default_factory=BiosConfig)
+    parallel: str = "none"
+    """none | ddp | fsdp: data parallelism under ``torchrun --nproc_per_node=N retain cpt ...`` (FSDP2 shards
+    weights, gradients and optimizer state per transformer block); one process without torchrun"""
 
 
 def _builtin(name: str, cfg: DictConfig) -> Path:
@@ -139,6 +143,8 @@ def job_stages(cfg: DictConfig) -> list[StageConfig]:
 def _check(cfg: DictConfig) -> None:
     if not cfg.sources or not cfg.stages:
         raise ConfigError("retain cpt needs sources and stages", "see configs/cpt.yaml for the default two-stage run")
+    if cfg.parallel not in MODES:
+        raise ConfigError(f"unknown parallel={cfg.parallel!r}", f"use one of {', '.join(MODES)}")
     train = OmegaConf.to_object(cfg.train)
     for stage in job_stages(cfg):
         check_schedule(stage.schedule, stage_steps(stage, train))  # before anything is written
@@ -162,11 +168,12 @@ def knowledge_probes(model, tokenizer, bios_dir: Path, n: int) -> float:
             prompts.append((prefix, person[attribute]))
     rng = np.random.default_rng(0)
     chosen = [prompts[i] for i in rng.choice(len(prompts), size=min(n, len(prompts)), replace=False)]
+    device = next(model.parameters()).device
     model.eval()
     correct = 0
     with torch.no_grad():
         for prefix, answer in chosen:
-            ids = torch.tensor([tokenizer.encode(prefix)])
+            ids = torch.tensor([tokenizer.encode(prefix)], device=device)
             want = len(tokenizer.encode(" " + answer))
             out = model.generate(ids, max_new_tokens=want + 2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             text = tokenizer.decode(out[0, ids.shape[1] :]).strip()
@@ -175,18 +182,31 @@ def knowledge_probes(model, tokenizer, bios_dir: Path, n: int) -> float:
     return correct / max(len(chosen), 1)
 
 
-def run_cpt(cfg: DictConfig) -> dict:
-    """Train the stages; write results (R over sources, losses), summary and report into ``cfg.run_dir``."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded unless the user asks
-    started = time.perf_counter()
-    cfg.run_dir = str(cfg.run_dir)
-    torch.set_num_threads(cfg.threads)
-    _check(cfg)
-    paths = _source_paths(cfg)
-    run_dir = prepare_run_dir(cfg)
-    text_files = [p for path in paths.values() for p in (sorted(path.glob("*.txt")) if path.is_dir() else [path])]
-    model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
-    tokenizer = load_tokenizer(model_cfg, text_files, cache_dir=run_dir / "tokenizer")
+class _Silent:
+    """The tracker of data-parallel processes other than the main one: they log nothing."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def offset(self) -> int:
+        return 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _device(name: str) -> torch.device:
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown device={name!r}", "use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA GPU", "use device=cpu (or auto)")
+    return local_device(torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"))
+
+
+def _tokenize(cfg: DictConfig, paths: dict[str, Path], tokenizer) -> dict[str, TokenDataset]:
     sources = {}
     for name, path in paths.items():
         key = hashlib.sha1((str(path.resolve()) + tokenizer.backend_tokenizer.to_str()).encode()).hexdigest()[:12]
@@ -200,10 +220,74 @@ def run_cpt(cfg: DictConfig) -> dict:
             text_field=cfg.sources[name].text_field,
         )
         sources[name] = TokenDataset(out)
-    model = load_model(model_cfg, tokenizer, seed=cfg.seed)
+    return sources
+
+
+def _summary_lines(summary: dict, result: dict, run_dir: Path) -> list[str]:
+    """What a user wants to read at the end: forgetting, knowledge, the stability gap, where the report is."""
+    lines = [f"retain cpt: {len(result['stages'])} stages, {summary['steps']} updates → {run_dir}"]
+    if summary.get("forgetting") is not None:
+        lines.append(f"  forgetting (validation loss rise of earlier domains, nats): {summary['forgetting']:.3f}")
+    if "knowledge_accuracy" in summary:
+        lines.append(f"  knowledge-probe accuracy (bios completions): {summary['knowledge_accuracy']:.2f}")
+    for stage, gaps in zip(result["stages"][1:], result["stability_gap"][1:]):
+        for source, gap in gaps.items():
+            if gap["depth"] > 0:
+                recovered = gap["recovery_step"]
+                when = f"recovered after {recovered} updates" if recovered is not None else "not recovered in the stage"
+                lines.append(f"  stability gap, {source} in stage {stage}: +{gap['depth']:.3f} nats, {when}")
+    if not any(line.startswith("  stability gap") for line in lines):
+        lines.append("  stability gap: no domain got worse early in a stage (at this evaluation grid)")
+    lines.append(f"  report: {run_dir / 'report.md'}")
+    return lines
+
+
+def run_cpt(cfg: DictConfig) -> dict:
+    """Train the stages; write results (R over sources, losses), summary and report into ``cfg.run_dir``.
+
+    Under torchrun every process runs this; the main one writes the run directory, the tokenizer and the
+    token shards first, the others wait for it (barriers) and read them.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded unless the user asks
+    started = time.perf_counter()
+    cfg.run_dir = str(cfg.run_dir)
+    torch.set_num_threads(cfg.threads)
+    _check(cfg)
+    device = _device(cfg.device)
+    parallel = init_parallel(cfg.parallel, device)
+    try:
+        return _run(cfg, device, parallel, started)
+    finally:
+        shutdown()
+
+
+def _run(cfg: DictConfig, device: torch.device, parallel, started: float) -> dict:
+    main = parallel.is_main
+    if main:
+        paths = _source_paths(cfg)
+        run_dir = prepare_run_dir(cfg)
+    parallel.barrier()
+    if not main:
+        paths, run_dir = _source_paths(cfg), Path(cfg.run_dir)
+    text_files = [p for path in paths.values() for p in (sorted(path.glob("*.txt")) if path.is_dir() else [path])]
+    model_cfg: ModelConfig = OmegaConf.to_object(cfg.model)
+    for turn in ("main", "others"):  # the main process trains the tokenizer and writes the shards; then the rest
+        if (turn == "main") == main:
+            tokenizer = load_tokenizer(model_cfg, text_files, cache_dir=run_dir / "tokenizer")
+            sources = _tokenize(cfg, paths, tokenizer)
+        parallel.barrier()
+    model = load_model(model_cfg, tokenizer, seed=cfg.seed).to(device)
     stages = job_stages(cfg)
+    bios = next((paths[n] for n, s in cfg.sources.items() if s.path == "builtin:bios"), None)
+    probe = None
+    if bios is not None and cfg.bios.probes > 0:
+
+        def probe(m):
+            return {"bios/knowledge_accuracy": knowledge_probes(m, tokenizer, bios.parent, cfg.bios.probes)}
+
     offset = tracker_resume_offset(run_dir) if cfg.resume else None
-    with Tracker(run_dir, cfg.logger, config=to_container(cfg), resume_offset=offset) as tracker:
+    tracker = Tracker(run_dir, cfg.logger, config=to_container(cfg), resume_offset=offset) if main else _Silent()
+    with tracker:
         result = train_stages(
             model,
             sources,
@@ -214,21 +298,26 @@ def run_cpt(cfg: DictConfig) -> dict:
             tracker,
             cfg.seed,
             cfg.resume,
+            probe=probe,
+            progress=cfg.progress,
+            parallel=parallel,
         )
         metrics = continual_metrics(result["matrix"], result["initial"], higher_is_better=False)
-        summary = {
-            "job": "cpt",
-            "stages": [s.name for s in stages],
-            "sources": result["sources"],
-            "steps": result["global_step"],
-        }
-        bios = next((paths[n] for n, s in cfg.sources.items() if s.path == "builtin:bios"), None)
-        if bios is not None and cfg.bios.probes > 0:
-            summary["knowledge_accuracy"] = knowledge_probes(model, tokenizer, bios.parent, cfg.bios.probes)
-            tracker.log({"eval/bios/knowledge_accuracy": summary["knowledge_accuracy"]}, result["global_step"])
         tracker.log(
             {f"cl/{k}": v for k, v in metrics.items() if k != "per_task" and v is not None}, result["global_step"]
         )
+    weights = parallel.model_state(model)  # a collective under FSDP: every process takes part
+    summary = {"job": "cpt", "stages": result["stages"], "sources": result["sources"], "steps": result["global_step"]}
+    if result["probes"]["stages"]:
+        summary.update(result["probes"]["stages"][-1])
+        if "bios/knowledge_accuracy" in summary:
+            summary["knowledge_accuracy"] = summary.pop("bios/knowledge_accuracy")
+    summary["stability_gap"] = {
+        stage: {source: gap["depth"] for source, gap in gaps.items()}
+        for stage, gaps in zip(result["stages"], result["stability_gap"])
+    }
+    if not main:
+        return summary
     boundaries = np.cumsum([stage_steps(s, OmegaConf.to_object(cfg.train)) for s in stages]).tolist()
     write_results(
         run_dir,
@@ -240,11 +329,15 @@ def run_cpt(cfg: DictConfig) -> dict:
             "metric": "loss",
             "metrics": metrics,
             "task_boundaries": boundaries,
+            "stability_gap": result["stability_gap"],
+            "probes": result["probes"],
         },
     )
     summary.update(wall_time_s=time.perf_counter() - started, **{k: v for k, v in metrics.items() if k != "per_task"})
     write_summary(run_dir, summary)
-    model.save_pretrained(run_dir / "model", safe_serialization=True)
+    model.save_pretrained(run_dir / "model", state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(run_dir / "model")
     write_report(run_dir)
+    if cfg.progress:
+        print("\n".join(_summary_lines(summary, result, run_dir)))
     return summary

@@ -143,6 +143,17 @@ def _wsd_decay_steps(cfg: ScheduleConfig, total_steps: int) -> int:
     return max(1, round(cfg.decay_fraction * total_steps))
 
 
+def anneal_start(cfg: ScheduleConfig, total_steps: int) -> int | None:
+    """The update at which the schedule starts its final decay to η_min (infinite's anneal, wsd's decay),
+    or None when it has none: the step before it is the *pre-anneal* checkpoint that later stages may branch
+    from (continue at the stable rate on new data, instead of from an annealed model)."""
+    if cfg.name == "infinite" and cfg.anneal_steps > 0:
+        return total_steps - cfg.anneal_steps
+    if cfg.name == "wsd":
+        return total_steps - _wsd_decay_steps(cfg, total_steps)
+    return None
+
+
 def infinite_lr_factor(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
     """The infinite schedule's multiplier of η_max at ``step`` of a stage of ``total_steps`` (a pure function).
 
