@@ -18,8 +18,9 @@ SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
 CHECKPOINTS = "checkpoints"
 
-# Keys that may change between a run and its resumption without changing its result.
-RESUMABLE_KEYS = {"resume", "progress", "traceback", "device", "threads", "run_dir", "logger", "name"}
+# Keys that may change between a run and its resumption without changing its result (parallel: CPT
+# checkpoints are full and keyed by parameter name, so a DDP/FSDP run resumes in one process and back).
+RESUMABLE_KEYS = {"resume", "progress", "traceback", "device", "threads", "run_dir", "logger", "name", "parallel"}
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

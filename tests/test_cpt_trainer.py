@@ -9,6 +9,7 @@ resumed ends with bit-identical weights, R and metrics, and every logged metric 
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -25,9 +26,12 @@ from pretrain.cpt.trainer import (
     InheritConfig,
     StageConfig,
     TrainConfig,
+    evaluate,
     tracker_resume_offset,
     train_stages,
 )
+from retain.checkpoint import load_checkpoint
+from retain.errors import ConfigError
 from retain.metrics import continual_metrics
 from retain.tracking import PREFIXES, Tracker, read_metrics
 
@@ -218,3 +222,97 @@ def test_from_checkpoint_continues_without_rewarming(setup, baseline, tmp_path):
     lr = {r["step"]: r["train/lr"] for r in read_metrics(tmp_path / "c") if "train/lr" in r}
     assert min(lr) == 49  # the global step continues from the checkpoint's 48
     assert lr[49] == pytest.approx(0.5e-3)  # 24 steps into the schedule: past warmup and cooldown, no re-warm
+
+
+def _train(setup, run_dir: Path, stages: list[StageConfig], train: TrainConfig = TRAIN, **kw) -> dict:
+    tok, sources = setup
+    with Tracker(run_dir) as tracker:
+        return train_stages(_model(tok), sources, stages, train, EVAL, run_dir, tracker, seed=0, **kw)
+
+
+def test_rewarming_to_a_high_lr_opens_a_stability_gap_on_the_old_domain(setup, tmp_path):
+    cosine = ScheduleConfig(name="cosine", warmup_steps=2, min_lr_ratio=0.1)
+    stages = [
+        StageConfig("A", 80 * TOKENS_PER_STEP, mix={"bios": 1.0}, lr=3e-3, schedule=cosine),  # learn bios well
+        StageConfig("B", 20 * TOKENS_PER_STEP, mix={"plays": 1.0}, lr=1e-2, schedule=cosine),  # >3x the peak
+    ]
+    result = _train(setup, tmp_path, stages)
+    gaps = result["stability_gap"]
+    assert len(gaps) == 2 and set(gaps[1]) == {"bios", "plays"}
+    bios_gap = gaps[1]["bios"]
+    assert bios_gap["depth"] > 0 and bios_gap["worst_step"] is not None
+    # the depth is the worst bios loss of stage B over where stage B started (the end of stage A)
+    in_b = [loss for step, loss in result["curves"]["bios"] if step > 80]
+    assert bios_gap["depth"] == pytest.approx(max(in_b) - result["matrix"][0][0])
+    logged = [r for r in read_metrics(tmp_path) if "eval/bios/stability_gap_depth" in r]
+    assert [r["step"] for r in logged] == [80, 100]
+
+
+def test_probe_runs_before_training_and_after_every_stage(setup, tmp_path):
+    calls = []
+
+    def probe(model):
+        calls.append(model.training)
+        return {"probe/calls": float(len(calls))}
+
+    result = _train(setup, tmp_path, _stages(steps=4), probe=probe)
+    assert result["probes"] == {"initial": {"probe/calls": 1.0}, "stages": [{"probe/calls": 2.0}, {"probe/calls": 3.0}]}
+    assert [r["step"] for r in read_metrics(tmp_path) if "eval/probe/calls" in r] == [0, 4, 8]
+
+
+def test_branching_from_the_pre_anneal_checkpoint(setup, tmp_path):
+    infinite = ScheduleConfig(name="infinite", warmup_steps=2, cooldown_steps=2, const_lr_ratio=0.5, anneal_steps=4)
+    stages = [
+        StageConfig("A", 12 * TOKENS_PER_STEP, mix={"bios": 1.0}, lr=1e-3, schedule=infinite),
+        StageConfig(
+            "B",
+            6 * TOKENS_PER_STEP,
+            mix={"plays": 1.0},
+            lr=1e-3,
+            schedule=ScheduleConfig(name="infinite", const_lr_ratio=0.5, skip_warmup_and_cooldown=True),
+            inherit=InheritConfig(scheduler=True, from_checkpoint="pre_anneal"),
+        ),
+    ]
+    result = _train(setup, tmp_path, stages)
+    saved = list((tmp_path / "checkpoints" / "pre_anneal" / "A").glob("step_*"))
+    assert [p.name for p in saved] == ["step_000000000008"]  # 12 updates, the last 4 anneal
+    lr = [(r["step"], r["train/lr"]) for r in read_metrics(tmp_path) if "train/lr" in r]
+    stage_a, stage_b = lr[:12], lr[12:]
+    assert stage_a[-1][1] < 0.5e-3  # stage A ended annealed...
+    assert stage_b[0][0] == 9  # ...stage B continues from update 8 of A (global step 8)
+    assert stage_b[0][1] == pytest.approx(0.5e-3)  # at η_const, not re-warmed
+    # B starts from the pre-anneal weights: its stage-start evaluation (logged at step 8) is not A's final R
+    tok, sources = setup
+    model = _model(tok)
+    model.load_state_dict(load_checkpoint(saved[0])[0])
+    expected = evaluate(model, sources["bios"].val_batches(TRAIN.seq_len, TRAIN.batch_size, EVAL.val_batches))
+    assert [loss for step, loss in result["curves"]["bios"] if step == 8] == [pytest.approx(expected)]
+    assert expected != pytest.approx(result["matrix"][0][0])
+
+
+def test_pre_anneal_needs_an_anneal_in_the_previous_stage(setup, tmp_path):
+    stages = _stages(steps=4)
+    stages[1].inherit = InheritConfig(from_checkpoint="pre_anneal")
+    with pytest.raises(ConfigError, match="has no anneal"):
+        _train(setup, tmp_path, stages)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bf16_autocast_and_mfu_with_a_given_peak(setup, tmp_path):
+    train = TrainConfig(**{**TRAIN.__dict__, "precision": "bf16", "peak_tflops": 1.0, "checkpoint_every": 0})
+    result = _train(setup, tmp_path, _stages(steps=4), train=train)
+    perf = [r for r in read_metrics(tmp_path) if "perf/mfu" in r]
+    assert len(perf) == 8
+    assert all(0 < r["perf/mfu"] < 1 and r["perf/tflops"] == pytest.approx(r["perf/mfu"]) for r in perf)
+    assert all(math.isfinite(v) for row in result["matrix"] for v in row)
+    with pytest.raises(ConfigError, match="precision"):
+        _train(setup, tmp_path / "bad", _stages(steps=4), train=TrainConfig(**{**TRAIN.__dict__, "precision": "fp16"}))
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(setup, tmp_path):
+    eager = _train(setup, tmp_path / "eager", _stages(steps=5))
+    compiled_train = TrainConfig(**{**TRAIN.__dict__, "compile": True})
+    compiled = _train(setup, tmp_path / "compiled", _stages(steps=5), train=compiled_train)
+    for row_compiled, row_eager in zip(compiled["matrix"], eager["matrix"]):
+        assert row_compiled == pytest.approx(row_eager, rel=1e-3)

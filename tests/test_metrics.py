@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from retain.metrics import METRIC_KEYS, aggregate_seeds, auc_forward_transfer, bootstrap_ci, continual_metrics
+from retain.metrics import (
+    METRIC_KEYS,
+    aggregate_seeds,
+    auc_forward_transfer,
+    bootstrap_ci,
+    continual_metrics,
+    stability_gap,
+)
 
 # R[i, j]: score on task j after training on task i.
 R = [[0.9, 0.1, 0.0],
@@ -102,3 +109,20 @@ def test_aggregate_seeds():
     assert agg["average"]["ci_low"] <= agg["average"]["mean"] <= agg["average"]["ci_high"]
     with pytest.raises(ValueError):
         aggregate_seeds([])
+
+
+def test_stability_gap_of_a_loss_that_rises_then_recovers():
+    # validation loss 2.0 at the stage start; re-warming pushes it up to 2.5 at step 20, back below 2.0 at 40
+    gap = stability_gap([10, 20, 30, 40, 50], [2.3, 2.5, 2.1, 1.9, 1.8], start=2.0, higher_is_better=False)
+    assert gap == {"depth": pytest.approx(0.5), "worst_step": 20, "recovery_step": 40}
+
+
+def test_stability_gap_without_recovery_and_without_a_gap():
+    assert stability_gap([5, 10], [0.6, 0.7], start=0.8)["recovery_step"] is None  # success rate fell, stayed low
+    assert stability_gap([5, 10], [0.6, 0.7], start=0.8)["depth"] == pytest.approx(0.2)
+    assert stability_gap([5, 10], [1.9, 1.5], start=2.0, higher_is_better=False) == {
+        "depth": 0.0,
+        "worst_step": None,
+        "recovery_step": None,
+    }
+    assert stability_gap([], [], start=1.0)["depth"] == 0.0

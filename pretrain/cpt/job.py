@@ -36,6 +36,7 @@ from pretrain.cpt.trainer import (
     stage_steps,
     tracker_resume_offset,
     train_stages,
+    use_bf16,
 )
 from retain.config import RunConfig, to_container
 from retain.errors import ConfigError
@@ -146,6 +147,7 @@ def _check(cfg: DictConfig) -> None:
     if cfg.parallel not in MODES:
         raise ConfigError(f"unknown parallel={cfg.parallel!r}", f"use one of {', '.join(MODES)}")
     train = OmegaConf.to_object(cfg.train)
+    use_bf16(train.precision, torch.device("cpu"))  # raises on an unknown precision
     for stage in job_stages(cfg):
         check_schedule(stage.schedule, stage_steps(stage, train))  # before anything is written
         for name in list(stage.mix) + list(stage.replay):
