@@ -63,14 +63,17 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
-def register_job_schemas() -> None:
-    """Put each job's typed config schema in Hydra's ConfigStore as ``<job>_schema``."""
+def register_job_schemas(only: str | None = None) -> None:
+    """Put each job's typed config schema (or only job ``only``'s) in Hydra's ConfigStore as ``<job>_schema``.
+
+    One job's is enough to run it, and importing only its module keeps, e.g., ``retain cpt`` free of SB3.
+    """
     from retain.config import register_schema
 
     if not OmegaConf.has_resolver("retain_suffix"):
         OmegaConf.register_new_resolver("retain_suffix", lambda name: f"_{name}" if name else "")
     for name, job in JOBS.items():
-        if job.schema:
+        if job.schema and only in (None, name):
             register_schema(f"{name}_schema", _load(job.schema))
 
 
@@ -172,7 +175,7 @@ def run_job(job: str, args: list[str]) -> int:
     debug = any(re.match(r'^debug="?(true|fast)"?$', a, flags=re.I) for a in overrides)
     multirun = "-m" in flags or "--multirun" in flags
     informational = any(f in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--resolve") for f in flags)
-    register_job_schemas()
+    register_job_schemas(job)
     try:
         if not informational:
             cfg = _validate(job, [o for o in overrides if "," not in o] if multirun else overrides)

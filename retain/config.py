@@ -53,7 +53,7 @@ def load_config(job: str, overrides: list[str] | None = None) -> DictConfig:
     """Compose the primary config of ``job`` with Hydra overrides, as the CLI would (minus the app runner)."""
     from retain.cli import register_job_schemas
 
-    register_job_schemas()
+    register_job_schemas(job)
     if GlobalHydra.instance().is_initialized():
         return compose(config_name=job, overrides=list(overrides or []))
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=job):

@@ -498,6 +498,8 @@ def train_stages(
                 perf = {"perf/tokens_per_second": tokens_per_s, "perf/tflops": tokens_per_s * flops_token / 1e12}
                 if peak:
                     perf["perf/mfu"] = tokens_per_s * flops_token / (peak * parallel.world)
+                if device.type == "cuda":
+                    perf["perf/max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 tracker.log({"train/loss": total, "train/lr": lr, **perf}, global_step)
                 bar.set_postfix(stage=stage.name, loss=f"{total:.3f}", refresh=False)
             if step < steps and is_eval_step(step, steps, eval_cfg):
