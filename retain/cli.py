@@ -158,7 +158,8 @@ def _task(job: str):
             )
             sys.exit(130)
         except UserError as e:
-            if not resumed:  # the CLI checked the directory was new or empty: nothing half-written stays
+            # The CLI checked the directory was new or empty: nothing half-written stays (unless worth keeping).
+            if not resumed and not e.keep_outputs:
                 shutil.rmtree(run_dir, ignore_errors=True)
             sys.exit(fail(e.problem, e.fix, e, bool(cfg.get("traceback", False))))
 

@@ -4,8 +4,11 @@
 class UserError(Exception):
     """A problem with the user's input (config, env id, dataset, checkpoint, run directory).
 
-    The message names the problem; ``fix`` names what to do about it.
+    The message names the problem; ``fix`` names what to do about it. The CLI removes the run directory
+    of a fresh run that fails this way, unless ``keep_outputs`` (what was written is worth keeping).
     """
+
+    keep_outputs = False
 
     def __init__(self, problem: str, fix: str | None = None):
         self.problem = problem
@@ -23,3 +26,10 @@ class CheckpointError(UserError):
 
 class DatasetError(UserError):
     """A dataset that is missing, malformed or does not fit the task (names the file and field)."""
+
+
+class TrainingDiverged(UserError):
+    """Training produced a non-finite loss (too high a learning rate, too short a warmup). The run's
+    checkpoints are kept: resume from the last one with a lower rate, or inspect it."""
+
+    keep_outputs = True

@@ -27,7 +27,16 @@ pytestmark = pytest.mark.slow
 def _cpt(run_dir, *overrides: str, nproc: int = 1, data=None) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RETAIN_DATA": str(data)}
-    args = [*(launcher if nproc > 1 else []), RETAIN, "cpt", f"run_dir={run_dir}", *TINY, *overrides]
+    # fp32: the check is that N processes compute the one-process gradient, not bf16 rounding noise
+    args = [
+        *(launcher if nproc > 1 else []),
+        RETAIN,
+        "cpt",
+        f"run_dir={run_dir}",
+        *TINY,
+        "train.precision=fp32",
+        *overrides,
+    ]
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=run_dir.parent)
 
 
@@ -58,7 +67,7 @@ def test_two_gloo_processes_match_one(single, mode):
     assert (run_dir / "metrics.jsonl").exists() and (run_dir / "report.md").exists()
     if mode == "fsdp":
         # The FSDP run's last checkpoint (full state, named parameters) resumes in one process.
-        cfg = load_config("cpt", [f"run_dir={run_dir}", *TINY, "resume=true", "parallel=none"])
+        cfg = load_config("cpt", [f"run_dir={run_dir}", *TINY, "train.precision=fp32", "resume=true", "parallel=none"])
         os.environ["RETAIN_DATA"] = str(root / "data")
         try:
             summary = run_cpt(cfg)

@@ -29,9 +29,10 @@ from pretrain.cpt.trainer import (
     evaluate,
     tracker_resume_offset,
     train_stages,
+    use_bf16,
 )
 from retain.checkpoint import load_checkpoint
-from retain.errors import ConfigError
+from retain.errors import ConfigError, TrainingDiverged
 from retain.metrics import continual_metrics
 from retain.tracking import PREFIXES, Tracker, read_metrics
 
@@ -285,7 +286,8 @@ def test_branching_from_the_pre_anneal_checkpoint(setup, tmp_path):
     tok, sources = setup
     model = _model(tok)
     model.load_state_dict(load_checkpoint(saved[0])[0])
-    expected = evaluate(model, sources["bios"].val_batches(TRAIN.seq_len, TRAIN.batch_size, EVAL.val_batches))
+    batches = sources["bios"].val_batches(TRAIN.seq_len, TRAIN.batch_size, EVAL.val_batches)
+    expected = evaluate(model, batches, bf16=use_bf16(TRAIN.precision, torch.device("cpu")))
     assert [loss for step, loss in result["curves"]["bios"] if step == 8] == [pytest.approx(expected)]
     assert expected != pytest.approx(result["matrix"][0][0])
 
@@ -316,3 +318,13 @@ def test_compiled_training_matches_eager(setup, tmp_path):
     compiled = _train(setup, tmp_path / "compiled", _stages(steps=5), train=compiled_train)
     for row_compiled, row_eager in zip(compiled["matrix"], eager["matrix"]):
         assert row_compiled == pytest.approx(row_eager, rel=1e-3)
+
+
+def test_a_diverging_stage_stops_with_a_clear_error_and_keeps_its_checkpoints(setup, tmp_path):
+    stages = _stages(steps=12)
+    stages[1].lr = 1e4  # Adam at this rate blows the weights up within a few updates
+    train = TrainConfig(**{**TRAIN.__dict__, "clip": 0.0})
+    with pytest.raises(TrainingDiverged, match="training diverged: loss .* of stage 'B'") as error:
+        _train(setup, tmp_path, stages, train=train)
+    assert "stages.1.lr" in error.value.fix and error.value.keep_outputs
+    assert (tmp_path / "checkpoints" / "latest.json").exists()  # stage A's end is kept, ready to resume

@@ -41,7 +41,7 @@ from pretrain.cpt.distributed import Parallel
 from pretrain.cpt.perf import flops_per_token, peak_flops
 from pretrain.cpt.schedules import ScheduleConfig, anneal_start, build_scheduler
 from retain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from retain.errors import ConfigError
+from retain.errors import ConfigError, TrainingDiverged
 from retain.metrics import stability_gap
 from retain.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 from retain.tracking import Tracker, progress_bar
@@ -116,8 +116,9 @@ class TrainConfig:
     log_every: int = 1
     """log train/ and perf/ metrics every this many updates"""
     precision: str = "auto"
-    """auto | fp32 | bf16: bf16 autocast (weights and optimizer stay fp32); auto = bf16 on a CUDA GPU that
-    supports it, fp32 on CPU (where bf16 autocast is usually slower)"""
+    """auto | fp32 | bf16: bf16 autocast (weights, optimizer and the loss stay fp32); auto = bf16 on a CUDA GPU
+    that supports it and on a CPU with bf16 instructions (AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is
+    slower than fp32)"""
     compile: bool = False
     """torch.compile the model for training (the first steps pay for compilation)"""
     peak_tflops: float | None = None
@@ -157,12 +158,24 @@ def is_eval_step(step: int, steps: int, cfg: CptEvalConfig) -> bool:
     return cfg.sparse_every > 0 and step % cfg.sparse_every == 0
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): only then is bf16 autocast faster
+    than fp32 on CPU (1.4x on the default model here); emulated, it is slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap, reliable check, so no bf16 by default
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether training and evaluation run under bf16 autocast (see ``TrainConfig.precision``)."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"unknown train.precision={precision!r}", "use auto, fp32 or bf16")
     if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and native_cpu_bf16()
     return precision == "bf16"
 
 
@@ -259,13 +272,15 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int
 
 
 def _optimizer(model: torch.nn.Module, lr: float, train: TrainConfig) -> torch.optim.AdamW:
-    on_cuda = next(model.parameters()).is_cuda
+    # The fused kernel (CPU and CUDA) updates all parameters in one pass: ~4x faster than the per-tensor loop
+    # on CPU. DTensor parameters (FSDP2) take the multi-tensor path.
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
     return torch.optim.AdamW(
         model.parameters(),
         lr=lr,
         betas=tuple(train.betas),
         weight_decay=train.weight_decay,
-        fused=True if on_cuda else None,
+        fused=None if sharded else True,
     )
 
 
@@ -483,6 +498,12 @@ def train_stages(
                     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
                     (loss / train.grad_accum).backward()  # mean over micro-batches = the full batch's mean
                 total += loss.item() / train.grad_accum
+            if not math.isfinite(total):
+                raise TrainingDiverged(
+                    f"training diverged: loss {total} at update {step + 1} of stage {stage.name!r} (lr {lr:.3g})",
+                    f"lower stages.{i}.lr or raise the schedule's warmup_steps (or use train.precision=fp32); "
+                    "the last checkpoint is kept in checkpoints/",
+                )
             if train.clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
             optimizer.step()
