@@ -116,17 +116,19 @@ def stability_gap(steps: Sequence[int], scores: Sequence[float], start: float, h
 
     ``start`` is the score when the stage begins; ``steps``/``scores`` the evaluations during the stage
     (steps counted from the stage's start). Returns ``depth`` (how much worse than ``start`` the worst
-    evaluation is; 0 when none is worse), ``worst_step`` and ``recovery_step``: the first evaluation after
-    the worst one that is back at ``start`` or better (None when the stage ends first, or there is no gap).
+    evaluation is; 0 when none is worse), ``worst_step``, ``recovery_step``: the first evaluation after
+    the worst one that is back at ``start`` or better (None when the stage ends first, or there is no gap),
+    and ``end``: how much worse than ``start`` the last evaluation is (< depth: a partial recovery).
     Recovery is only as fine-grained as the evaluation grid, which is why the trainer evaluates densely early.
     """
     sign = 1.0 if higher_is_better else -1.0
     worse = [sign * (start - s) for s in scores]  # > 0: worse than at the start
+    end = float(worse[-1]) if worse else 0.0
     if not worse or max(worse) <= 0:
-        return {"depth": 0.0, "worst_step": None, "recovery_step": None}
+        return {"depth": 0.0, "worst_step": None, "recovery_step": None, "end": end}
     worst = int(np.argmax(worse))
     recovery = next((int(steps[k]) for k in range(worst + 1, len(worse)) if worse[k] <= 0), None)
-    return {"depth": float(worse[worst]), "worst_step": int(steps[worst]), "recovery_step": recovery}
+    return {"depth": float(worse[worst]), "worst_step": int(steps[worst]), "recovery_step": recovery, "end": end}
 
 
 def bootstrap_ci(

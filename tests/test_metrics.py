@@ -114,7 +114,7 @@ def test_aggregate_seeds():
 def test_stability_gap_of_a_loss_that_rises_then_recovers():
     # validation loss 2.0 at the stage start; re-warming pushes it up to 2.5 at step 20, back below 2.0 at 40
     gap = stability_gap([10, 20, 30, 40, 50], [2.3, 2.5, 2.1, 1.9, 1.8], start=2.0, higher_is_better=False)
-    assert gap == {"depth": pytest.approx(0.5), "worst_step": 20, "recovery_step": 40}
+    assert gap == {"depth": pytest.approx(0.5), "worst_step": 20, "recovery_step": 40, "end": pytest.approx(-0.2)}
 
 
 def test_stability_gap_without_recovery_and_without_a_gap():
@@ -124,5 +124,6 @@ def test_stability_gap_without_recovery_and_without_a_gap():
         "depth": 0.0,
         "worst_step": None,
         "recovery_step": None,
+        "end": pytest.approx(-0.5),
     }
     assert stability_gap([], [], start=1.0)["depth"] == 0.0

@@ -236,8 +236,14 @@ def _summary_lines(summary: dict, result: dict, run_dir: Path) -> list[str]:
         for source, gap in gaps.items():
             if gap["depth"] > 0:
                 recovered = gap["recovery_step"]
-                when = f"recovered after {recovered} updates" if recovered is not None else "not recovered in the stage"
-                lines.append(f"  stability gap, {source} in stage {stage}: +{gap['depth']:.3f} nats, {when}")
+                if recovered is not None:
+                    when = f"back at its start value after {recovered} updates"
+                else:
+                    when = f"+{gap['end']:.3f} at the stage end (not back at its start value)"
+                lines.append(
+                    f"  stability gap, {source} in stage {stage}: +{gap['depth']:.3f} nats after "
+                    f"{gap['worst_step']} updates, {when}"
+                )
     if not any(line.startswith("  stability gap") for line in lines):
         lines.append("  stability gap: no domain got worse early in a stage (at this evaluation grid)")
     lines.append(f"  report: {run_dir / 'report.md'}")
