@@ -96,10 +96,19 @@ def fail(problem: str, fix: str | None = None, exc: BaseException | None = None,
     return 2
 
 
-def _normalise(args: list[str]) -> list[str]:
+def _normalise(args: list[str], job: str) -> list[str]:
     # `debug` is both a common true/false key and a config group (debug/true.yaml, debug/fast.yaml):
-    # Hydra reads debug=true as a boolean, so the CLI passes it on as the option's name.
-    return [re.sub(r"^debug=(true|false)$", lambda m: f'debug="{m.group(1).lower()}"', a, flags=re.I) for a in args]
+    # Hydra reads debug=true as a boolean, so the CLI passes it on as the option's name. `debug=fast`
+    # picks the job's own smoke-test option (debug/fast_<job>.yaml) when it has one.
+    from retain.config import config_dir
+
+    def option(match: re.Match) -> str:
+        name = match.group(1).lower()
+        if name == "fast" and (config_dir() / "debug" / f"fast_{job}.yaml").exists():
+            name = f"fast_{job}"
+        return f'debug="{name}"'
+
+    return [re.sub(r'^debug="?(true|false|fast)"?$', option, a, flags=re.I) for a in args]
 
 
 def _hydra_error(exc: BaseException) -> str:
@@ -171,7 +180,7 @@ def run_job(job: str, args: list[str]) -> int:
 
     from retain.config import config_dir
 
-    overrides = _normalise([a for a in args if not a.startswith("-")])
+    overrides = _normalise([a for a in args if not a.startswith("-")], job)
     flags = [a for a in args if a.startswith("-")]
     debug = any(re.match(r'^debug="?(true|fast)"?$', a, flags=re.I) for a in overrides)
     multirun = "-m" in flags or "--multirun" in flags

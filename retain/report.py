@@ -2,8 +2,10 @@
 
 ``write_report(run_dir)`` documents one run (metrics table, results matrix, what was run, a
 results heatmap and per-task curves). ``compare_runs(run_dirs, out_dir)`` puts several runs side
-by side: runs with the same label (method, sequence, agent) are seeds of one condition and are
-aggregated with a mean and a 90% bootstrap confidence interval.
+by side: runs with the same label (method and sequence; for ``retain cpt`` the run's ``name``, or
+its stages) are seeds of one condition and are aggregated with a mean and a 90% bootstrap
+confidence interval, overall and per task (each task's forgetting and final score, the stability
+gap where the runs recorded one).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import yaml  # noqa: E402
 
 from retain.errors import UserError  # noqa: E402
 from retain.io import write_text_atomic  # noqa: E402
-from retain.metrics import METRIC_KEYS, aggregate_seeds, auc_forward_transfer  # noqa: E402
+from retain.metrics import METRIC_KEYS, aggregate_seeds, auc_forward_transfer, bootstrap_ci  # noqa: E402
 from retain.rundir import CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE  # noqa: E402
 from retain.tracking import read_metrics  # noqa: E402
 
@@ -70,10 +72,30 @@ def load_run(run_dir: str | Path) -> dict:
     }
 
 
+# Overrides that do not change what a run computes, or that tell seeds of one condition apart.
+_NOT_A_CONDITION = ("seed", "run_dir", "name", "resume", "progress", "device", "threads", "logger", "debug", "hydra")
+
+
+def _condition_overrides(run: dict) -> list[str]:
+    """The command-line overrides Hydra recorded for the run (``.hydra/overrides.yaml``), seed and
+    housekeeping keys left out: what a sweep varied, when the run has no ``name``."""
+    path = Path(run["dir"]) / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text()) if path.exists() else []
+    except yaml.YAMLError:
+        return []
+    keys = [str(o).lstrip("+~").split("=", 1) for o in overrides or []]
+    return [f"{k}={v}" for k, *rest in keys for v in rest if k.split(".")[0].split("/")[0] not in _NOT_A_CONDITION]
+
+
 def label_of(run: dict) -> str:
+    """The condition a run belongs to; runs with one label are seeds of it. A cpt run is labelled by its
+    ``name`` (sweeping presets set it from what they vary, e.g. ``replay=0.05``), else by the overrides
+    it was launched with (seed left out), else by its stages."""
     cfg, summary = run["config"], run["summary"]
     if summary.get("job") == "cpt":
-        return "cpt · " + " → ".join(summary.get("stages", []))
+        label = cfg.get("name") or " ".join(_condition_overrides(run)) or " → ".join(summary.get("stages", []))
+        return "cpt · " + label
     method = summary.get("method") or cfg.get("method", {}).get("name", "?")
     sequence = summary.get("sequence") or cfg.get("sequence", {}).get("name", "?")
     return f"{method} · {sequence}"
@@ -146,7 +168,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
         for b in runs[0]["results"].get("task_boundaries", [])[:-1]:
             ax.axvline(b, color="grey", ls="--", lw=0.8)
         ax.set_title(task)
-        ax.set_xlabel("environment steps")
+        ax.set_xlabel("updates" if runs[0]["summary"].get("job") == "cpt" else "environment steps")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.set_ylabel(runs[0]["results"]["metric"])
     for k in range(len(tasks), rows * cols):
@@ -167,8 +189,30 @@ def _matrix_table(res: dict) -> list[str]:
     return lines
 
 
+def _cpt_config_lines(run: dict) -> list[str]:
+    cfg, summary = run["config"], run["summary"]
+    model = cfg.get("model", {})
+    arch = model.get("config") or {}
+    built = f"random init {arch.get('model_type', '?')} ({arch.get('num_hidden_layers', '?')} layers, width {arch.get('hidden_size', '?')})"
+    lines = [f"- model: `{model.get('name_or_path') or built}`"]
+    for stage in cfg.get("stages", []):
+        replay = f", replay {json.dumps(stage.get('replay'))}" if stage.get("replay") else ""
+        own = stage.get("schedule")
+        lines.append(
+            f"- stage `{stage.get('name')}`: {stage.get('tokens')} tokens of {json.dumps(stage.get('mix'))}{replay}, "
+            f"lr {stage.get('lr')}" + (f", schedule `{json.dumps(own)}`" if own else "")
+        )
+    lines += [
+        f"- schedule (stages without their own): `{json.dumps(cfg.get('schedule'))}`",
+        f"- seed: {cfg.get('seed', '?')}; updates: {summary.get('steps', '?')}; wall time: {_fmt(summary.get('wall_time_s'), 1)} s",
+    ]
+    return lines
+
+
 def _config_lines(run: dict) -> list[str]:
     cfg, summary = run["config"], run["summary"]
+    if summary.get("job") == "cpt":
+        return _cpt_config_lines(run)
     agent = cfg.get("agent", {})
     seq = cfg.get("sequence", {})
     lines = [
@@ -243,6 +287,98 @@ def _auc_transfer(run: dict, reference: dict) -> float | None:
     return auc_forward_transfer(curves, refs)
 
 
+def _stats(values: list) -> dict:
+    """Mean and 90% bootstrap CI of the non-None ``values`` (as ``aggregate_seeds`` gives per metric)."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    low, high = bootstrap_ci(values)
+    return {"mean": float(np.mean(values)), "ci_low": low, "ci_high": high, "n": len(values)}
+
+
+def _cell(stats: dict | None) -> str:
+    if not stats or stats["mean"] is None:
+        return "–"
+    ci = f" [{_fmt(stats['ci_low'])}, {_fmt(stats['ci_high'])}]" if stats["n"] > 1 else ""
+    return _fmt(stats["mean"]) + ci
+
+
+def _per_task(members: list[dict]) -> dict:
+    """Per task over the seeds of one group: forgetting and final score; the knowledge-probe accuracy and
+    each earlier task's stability gap in every later stage, where the runs recorded them (``retain cpt``)."""
+    tasks = members[0]["results"]["tasks"]
+    per = [m["results"]["metrics"]["per_task"] for m in members]
+    out = {
+        "forgetting": {t: _stats([p["forgetting"][j] for p in per]) for j, t in enumerate(tasks[:-1])},
+        "final": {t: _stats([p["final"][j] for p in per]) for j, t in enumerate(tasks)},
+        "knowledge_accuracy": _stats([m["summary"].get("knowledge_accuracy") for m in members]),
+        "stability_gap": {},
+    }
+    gaps = [m["results"].get("stability_gap") for m in members]
+    if all(gaps):
+        sign = 1.0 if members[0]["results"]["higher_is_better"] else -1.0
+        stages = members[0]["summary"].get("stages") or [str(i) for i in range(len(gaps[0]))]
+        for i in range(1, len(gaps[0])):
+            for j, task in enumerate(tasks[:i]):
+                found = [(g[i][task], m["results"]["matrix"]) for g, m in zip(gaps, members) if task in g[i]]
+                # how much of the worst drop the task had made up by the stage's end (all of it: back to the start)
+                regained = [f["depth"] - max(sign * (R[i - 1][j] - R[i][j]), 0.0) for f, R in found]
+                worst = [f["worst_step"] for f, _ in found if f["worst_step"] is not None]
+                out["stability_gap"][f"{task} in {stages[i]}"] = {
+                    "depth": _stats([f["depth"] for f, _ in found]),
+                    "regained": _stats(regained),
+                    "worst_step": float(np.median(worst)) if worst else None,
+                    "recovered": sum(f["recovery_step"] is not None for f, _ in found if f["depth"] > 0),
+                    "with_gap": sum(f["depth"] > 0 for f, _ in found),
+                }
+    return out
+
+
+def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
+    tasks = results["tasks"]
+    unit = " (nats)" if results["metric"] == "loss" else ""
+    knowledge = any(a["per_task"]["knowledge_accuracy"]["n"] for a in aggregates.values())
+    head = [f"forgetting: {t}" for t in tasks[:-1]] + [f"final: {t}" for t in tasks]
+    head += ["knowledge accuracy"] if knowledge else []
+    lines = [
+        "",
+        f"## Per task{unit}: mean [90% CI] over seeds",
+        "",
+        f"Forgetting: how much worse a task's {results['metric']} is at the end than right after its own stage "
+        "(positive = forgot); final: its score at the end.",
+        "",
+        "| group | seeds | " + " | ".join(head) + " |",
+        "|---" * (len(head) + 2) + "|",
+    ]
+    for label, agg in aggregates.items():
+        per = agg["per_task"]
+        cells = [_cell(per["forgetting"][t]) for t in tasks[:-1]] + [_cell(per["final"][t]) for t in tasks]
+        cells += [_cell(per["knowledge_accuracy"])] if knowledge else []
+        lines.append(f"| {label} | {agg['forgetting']['n'] or agg['average']['n']} | " + " | ".join(cells) + " |")
+    keys = list(next(iter(aggregates.values()))["per_task"]["stability_gap"])
+    if keys:
+        lines += [
+            "",
+            f"## Stability gap{unit}: mean [90% CI] over seeds",
+            "",
+            "How an earlier task fared during a later stage: depth, how much worse than at the stage's start it got "
+            "at its worst evaluation; regained, how much of that it had made up by the stage's end; worst at, the "
+            "update of the stage where it was worst (median over seeds); back to start, the seeds whose task came "
+            "back to its stage-start score within the stage.",
+            "",
+            "| group | task in stage | depth | regained | worst at | back to start |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, agg in aggregates.items():
+            for key, gap in agg["per_task"]["stability_gap"].items():
+                worst = "–" if gap["worst_step"] is None else f"{gap['worst_step']:g}"
+                lines.append(
+                    f"| {label} | {key} | {_cell(gap['depth'])} | {_cell(gap['regained'])} | {worst} "
+                    f"| {gap['recovered']}/{gap['with_gap']} |"
+                )
+    return lines
+
+
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     """Side-by-side report of several runs; seeds of one label are aggregated (mean, 90% CI)."""
     runs = [load_run(d) for d in run_dirs]
@@ -285,6 +421,10 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
             + " | ".join(cells)
             + f" | {_fmt(aggregates[label]['auc_forward_transfer'])} |"
         )
+    if len({tuple(r["results"]["tasks"]) for r in runs}) == 1:  # per-task columns need one task list
+        for label, members in groups.items():
+            aggregates[label]["per_task"] = _per_task(members)
+        lines += _per_task_tables(aggregates, runs[0]["results"])
     lines += ["", "## Per-task curves", "", f"![curves]({CURVES})", ""]
     plot_curves(runs, out / CURVES)
     for k, run in enumerate(runs):

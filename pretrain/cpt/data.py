@@ -309,16 +309,26 @@ def _is_up_to_date(out_dir: Path, fingerprint: str) -> bool:
     return dataset.manifest.get("fingerprint") == fingerprint
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
+def _publish(tmp: Path, out_dir: Path, fingerprint: str) -> None:
     """Move the finished folder into place; the old dataset is renamed aside first and deleted last.
 
     A crash between the two renames leaves no ``out_dir`` (the next call tokenizes again), never a mix.
+    When another process published the same dataset meanwhile (jobs of a sweep start together), theirs is
+    kept and ``tmp`` dropped: replacing it would pull files from under a process already reading them.
     """
+    if _is_up_to_date(out_dir, fingerprint):
+        shutil.rmtree(tmp)
+        return
     old = None
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         os.replace(out_dir, old / out_dir.name)
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # published by another process between the check and the rename
+        if not _is_up_to_date(out_dir, fingerprint):
+            raise
+        shutil.rmtree(tmp)
     if old is not None:
         shutil.rmtree(old)
 
@@ -431,7 +441,7 @@ def tokenize_source(
             "splits": {split: writer.close() for split, writer in writers.items()},
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        _publish(tmp, out_dir)
+        _publish(tmp, out_dir, fingerprint)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from pretrain.cpt.distributed import MODES, init_parallel, local_device, shutdow
 from pretrain.cpt.model import ModelConfig, load_model, load_tokenizer
 from pretrain.cpt.schedules import ScheduleConfig, check_schedule
 from pretrain.cpt.trainer import (
+    PRE_ANNEAL,
     CptEvalConfig,
     StageConfig,
     TrainConfig,
@@ -43,6 +45,7 @@ from retain.errors import ConfigError
 from retain.metrics import continual_metrics
 from retain.report import write_report
 from retain.rundir import prepare_run_dir, write_results, write_summary
+from retain.seeding import derive_seed
 from retain.tracking import Tracker
 
 
@@ -83,6 +86,8 @@ class CptJobConfig(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: CptEvalConfig = field(default_factory=CptEvalConfig)
     bios: BiosConfig = field(default_factory=BiosConfig)
+    budget_scale: float = 1.0
+    """multiplies every stage's token budget: a run or preset at a fraction of its cost (debug=fast: 0.02)"""
     parallel: str = "none"
     """none | ddp | fsdp: data parallelism under ``torchrun --nproc_per_node=N retain cpt ...`` (FSDP2 shards
     weights, gradients and optimizer state per transformer block); one process without torchrun"""
@@ -94,19 +99,29 @@ def _builtin(name: str, cfg: DictConfig) -> Path:
     if name == "shakespeare":
         out = root / "shakespeare"
         if not out.exists():
-            tmp = root / ".shakespeare.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            # A private temp folder renamed into place: jobs started together (a sweep) must not collide.
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=root))
             for play in shakespeare_plays():
                 shutil.copy(play, tmp / play.name)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:  # another job published it first (the same files)
+                shutil.rmtree(tmp, ignore_errors=True)
         return out
-    if name == "bios":
-        out = root / f"bios-{cfg.bios.people}x{cfg.bios.paraphrases}-seed{cfg.seed}"
-        if not (out / "bios.txt").exists():
-            write_corpus(out, cfg.bios.people, cfg.bios.paraphrases, seed=cfg.seed)
+    if name == "bios" or name.startswith("bios:"):
+        # builtin:bios:<k> is another corpus of the same kind with other people (a further domain).
+        k = name.partition(":")[2]
+        if k and not (k.isdigit() and int(k) >= 1):
+            raise ConfigError(f"unknown built-in corpus builtin:{name}", "use builtin:bios or builtin:bios:<k>, k >= 1")
+        seed = derive_seed(cfg.seed, "bios", int(k)) if k else cfg.seed
+        out = root / f"bios-{cfg.bios.people}x{cfg.bios.paraphrases}-seed{seed}"
+        if not (out / "people.jsonl").exists():  # written last; the files are deterministic and atomic
+            write_corpus(out, cfg.bios.people, cfg.bios.paraphrases, seed=seed)
         return out / "bios.txt"
-    raise ConfigError(f"unknown built-in corpus builtin:{name}", "use builtin:shakespeare or builtin:bios, or a path")
+    raise ConfigError(
+        f"unknown built-in corpus builtin:{name}", "use builtin:shakespeare, builtin:bios[:<k>], or a path"
+    )
 
 
 def _source_paths(cfg: DictConfig) -> dict[str, Path]:
@@ -130,14 +145,27 @@ def job_stages(cfg: DictConfig) -> list[StageConfig]:
     """The stages of ``cfg``, each with its schedule: its own, or the run's ``schedule`` (a copy per stage).
 
     With the run's schedule infinite, stages after the first skip its warmup and cooldown and continue at
-    η_const: that is what makes it a single schedule over all stages instead of a re-warm per stage.
+    η_const: that is what makes it a single schedule over all stages instead of a re-warm per stage. When
+    that schedule anneals at each stage's end (so R's rows are measured annealed), the next stage branches
+    from the checkpoint saved just before the anneal (Ibrahim et al. 2024) unless it names a checkpoint.
+    Every budget is multiplied by ``budget_scale``, and so are the schedules' phases counted in steps, so a
+    scaled run keeps its shape.
     """
+    if cfg.budget_scale <= 0:
+        raise ConfigError(f"budget_scale={cfg.budget_scale} is not positive", "use a budget_scale > 0, e.g. 0.1")
     stages = [OmegaConf.to_object(s) for s in cfg.stages]
     for i, stage in enumerate(stages):
+        stage.tokens = int(stage.tokens * cfg.budget_scale)
         if stage.schedule is None:
             stage.schedule = copy.deepcopy(OmegaConf.to_object(cfg.schedule))
             if stage.schedule.name == "infinite" and i > 0:
                 stage.schedule.skip_warmup_and_cooldown = True
+                if stage.schedule.anneal_steps > 0 and not stage.inherit.from_checkpoint:
+                    stage.inherit.from_checkpoint = PRE_ANNEAL
+        if cfg.budget_scale != 1.0:
+            for phase in ("warmup_steps", "cooldown_steps", "anneal_steps"):
+                steps = getattr(stage.schedule, phase)
+                setattr(stage.schedule, phase, max(1, round(steps * cfg.budget_scale)) if steps else 0)
     return stages
 
 
@@ -211,7 +239,9 @@ def _device(name: str) -> torch.device:
 def _tokenize(cfg: DictConfig, paths: dict[str, Path], tokenizer) -> dict[str, TokenDataset]:
     sources = {}
     for name, path in paths.items():
-        key = hashlib.sha1((str(path.resolve()) + tokenizer.backend_tokenizer.to_str()).encode()).hexdigest()[:12]
+        # Everything the shards depend on: runs that differ in any of it never share (or overwrite) a folder.
+        identity = f"{path.resolve()}|{cfg.seed}|{cfg.sources[name].val_fraction}|{cfg.sources[name].text_field}|"
+        key = hashlib.sha1((identity + tokenizer.backend_tokenizer.to_str()).encode()).hexdigest()[:12]
         out = data_root() / "cpt" / "tokens" / f"{name}-{key}"  # tokenize_source skips it when up to date
         tokenize_source(
             path,
@@ -286,7 +316,7 @@ def _run(cfg: DictConfig, device: torch.device, parallel, started: float) -> dic
         parallel.barrier()
     model = load_model(model_cfg, tokenizer, seed=cfg.seed).to(device)
     stages = job_stages(cfg)
-    bios = next((paths[n] for n, s in cfg.sources.items() if s.path == "builtin:bios"), None)
+    bios = next((paths[n] for n, s in cfg.sources.items() if s.path == "builtin:bios"), None)  # the first corpus
     probe = None
     if bios is not None and cfg.bios.probes > 0:
 

@@ -417,7 +417,7 @@ def train_stages(
             src_opt, src_full = c_state.get("optimizer"), True
             src_pos = c_state.get("sched_offset", 0) + c_state.get("scheduler", {}).get("last_epoch", 0)
             src_sampler = c_state.get("sampler")
-            if inh.step:
+            if inh.step and inh.from_checkpoint != PRE_ANNEAL:  # a branch within this run keeps counting on
                 global_step = int(c_state.get("global_step", 0))
         elif i > 0 and not resuming and not inh.weights:
             parallel.load_model_state(model, start_weights)
