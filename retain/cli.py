@@ -51,6 +51,11 @@ JOBS: dict[str, Job] = {
         "pretrain.cpt.job:CptJobConfig",
         "continual pretraining of a language model over stages; forgetting per text domain",
     ),
+    "residual": Job(
+        "finetune.residual:run_residual",
+        "finetune.residual:ResidualJobConfig",
+        "add an instruction residual: target + alpha*(instruct - base) as a model folder (demo=true: the demo)",
+    ),
     "data": Job(
         "envs.data_cli:main", None, "list datasets, or show one's episodes, steps, returns, success and spaces"
     ),

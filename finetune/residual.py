@@ -1,0 +1,353 @@
+"""``retain residual``: add an instruction residual to a continually pretrained model.
+
+Jindal et al. (2024, "Balancing Continuous Pre-Training and Instruction Fine-Tuning") observe that
+θ_instruct − θ_base, the change instruction tuning made to a base model, transfers to a newer base:
+``target + α·(instruct − base)`` follows instructions like ``instruct`` while knowing what ``target``
+learnt in continued pretraining, without any instruction data. ``merge_residual`` computes exactly that.
+
+The three inputs are transformers model folders with safetensors weights. The merge works on the
+checkpoint files, not on model objects, so it never holds more than one shard of the target (plus one
+tensor of base and instruct) in memory and writes the same tensor names, dtypes and shards the target
+has: whatever loads the target loads the result. Tied embeddings need nothing special: a tied tensor is
+stored once, under the same name in all three (a checkpoint storing it twice does not match one storing
+it once, and the check says so). ``out`` gets the target's config and generation config, the target's
+tokenizer (else the instruct's) and ``residual.json`` with the inputs, α and per-tensor norms; it is
+written in a temporary sibling folder and renamed into place, so a failure leaves nothing behind.
+
+``retain residual demo=true`` runs a small offline experiment that shows the effect
+(``finetune/residual_demo.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from retain.config import RunConfig
+from retain.errors import ConfigError
+from retain.rundir import prepare_run_dir, write_summary
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Config fields that may differ between a base, its instruct model and its continued pretraining without
+# changing what the weights mean: names, versions, dtypes, special token ids (instruct models often add an
+# end-of-turn id), the position limit (RoPE models; learned position tables differ in shape and are caught
+# there) and init-only settings.
+BENIGN_FIELDS = {
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "max_position_embeddings",
+    "initializer_range",
+}
+SAME_MODEL = "base must be the model instruct was tuned from, and target a continued pretraining of base"
+
+
+@dataclass
+class DemoConfig:
+    """The demo experiment (``demo=true``): sizes and budgets of a tiny Llama on 2 CPU cores."""
+
+    people: int = 120
+    """fictional people whose facts the base model reads and the instruct model is tuned on (set A)"""
+    new_people: int = 60
+    """other people, only in the continued pretraining of the target (set B), asked about at the end"""
+    paraphrases: int = 4
+    """biographies per person, each in other words"""
+    plays: int = 6
+    """Shakespeare plays in the base model's pretraining (general text)"""
+    vocab_size: int = 2048
+    """BPE vocabulary trained on the demo's text"""
+    hidden_size: int = 128
+    """model width (Llama; intermediate size 3x, 4 heads)"""
+    layers: int = 4
+    """transformer blocks"""
+    seq_len: int = 128
+    """tokens per training window"""
+    batch_size: int = 16
+    """windows per update"""
+    base_steps: int = 600
+    """updates of the base model (biographies of A and Shakespeare, from scratch)"""
+    instruct_steps: int = 150
+    """updates of instruction tuning (QA pairs about A, biographies of A replayed)"""
+    target_steps: int = 300
+    """updates of continued pretraining on biographies of B (no QA data)"""
+    lr: float = 2.0e-3
+    """peak learning rate of pretraining and continued pretraining"""
+    instruct_lr: float = 1.0e-3
+    """peak learning rate of instruction tuning"""
+
+
+@dataclass
+class ResidualJobConfig(RunConfig):
+    """``retain residual``: target + α·(instruct − base) as a loadable model, or the demo."""
+
+    base: str | None = None
+    """the model instruct was tuned from (a transformers folder with safetensors weights)"""
+    instruct: str | None = None
+    """the instruction-tuned model"""
+    target: str | None = None
+    """the model to give instruction following back to: base after continued pretraining"""
+    out: str | None = None
+    """where the merged model goes (null: <run_dir>/model)"""
+    alpha: float = 1.0
+    """scale α of the residual (0: the target unchanged)"""
+    overwrite: bool = False
+    """replace an existing non-empty out folder"""
+    demo: bool = False
+    """run the demo experiment instead of merging given models"""
+    demo_cfg: DemoConfig = field(default_factory=DemoConfig)
+    """sizes and budgets of the demo"""
+
+
+# --- reading checkpoints -------------------------------------------------------------------------
+
+
+@contextmanager
+def _open(file: Path, role: str):
+    """``safe_open`` with a missing or damaged file reported as a ConfigError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, "pt") as f:
+            yield f
+    except (OSError, SafetensorError) as e:
+        raise ConfigError(f"{role}: {file} cannot be read ({e})", "the checkpoint is incomplete or damaged") from e
+
+
+def _weight_files(folder: Path, role: str) -> dict[str, Path]:
+    """Each tensor name of the folder's safetensors checkpoint → the file that holds it."""
+    if (folder / INDEX).exists():
+        return {name: folder / file for name, file in json.loads((folder / INDEX).read_text())["weight_map"].items()}
+    if (folder / SINGLE).exists():
+        with _open(folder / SINGLE, role) as f:
+            return dict.fromkeys(f.keys(), folder / SINGLE)  # noqa: SIM118
+    raise ConfigError(
+        f"{role}={folder} has no safetensors weights ({SINGLE} or {INDEX})",
+        "save the model with save_pretrained(folder, safe_serialization=True)",
+    )
+
+
+def _header(files: dict[str, Path], role: str) -> dict[str, tuple[list[int], str]]:
+    """Shape and dtype of every tensor, read from the file headers (no tensor data is read)."""
+    out = {}
+    for file in sorted(set(files.values())):
+        with _open(file, role) as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+                tensor = f.get_slice(name)
+                out[name] = (list(tensor.get_shape()), tensor.get_dtype())
+    return out
+
+
+def _config(folder: Path, role: str) -> dict:
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").exists():
+        raise ConfigError(
+            f"{role}={folder} is not a model folder (no config.json)", "pass a folder written by save_pretrained"
+        )
+    try:  # AutoConfig fills defaults, so configs written by different transformers versions compare equal
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False).to_dict()
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"{role}={folder}: config.json cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})",
+            "pass a transformers model folder of an architecture transformers knows (remote code is not trusted)",
+        ) from e
+
+
+def check_inputs(
+    base: Path, instruct: Path, target: Path, out: Path, alpha: float = 1.0, overwrite: bool = False
+) -> dict[str, dict[str, Path]]:
+    """ConfigError naming the first problem unless the three models share architecture, tensor names and
+    shapes and ``out`` may be written; reads configs and file headers only. Returns each role's tensor → file map.
+    """
+    if not math.isfinite(alpha):
+        raise ConfigError(f"alpha={alpha} is not a finite number", "use e.g. alpha=1.0 (0 gives the target)")
+    if out in (base, instruct, target):
+        raise ConfigError(f"out={out} is one of the input models", "write the merged model to a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"out={out} already exists and is not empty", "pass overwrite=true, or choose another out=")
+    roles = {"base": base, "instruct": instruct, "target": target}
+    for role, folder in roles.items():
+        if not folder.is_dir():
+            raise ConfigError(f"{role}={folder} is not a folder", f"pass {role}= as a transformers model folder")
+    configs = {role: _config(folder, role) for role, folder in roles.items()}
+    keys = ["model_type", "architectures"]  # first, so a different architecture is named as such
+    keys += sorted({k for c in configs.values() for k in c if not k.startswith("_")} - set(keys) - BENIGN_FIELDS)
+    for key in keys:
+        values = {role: c.get(key) for role, c in configs.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) == 1:
+            continue
+        shown = ", ".join(f"{role} {v!r}" for role, v in values.items())
+        raise ConfigError(f"the three models differ in config field {key}: {shown}", SAME_MODEL)
+    files = {role: _weight_files(folder, role) for role, folder in roles.items()}
+    headers = {role: _header(f, role) for role, f in files.items()}
+    for role in ("base", "instruct"):
+        missing = sorted(set(headers["target"]) ^ set(headers[role]))
+        if missing:
+            has, lacks = ("target", role) if missing[0] in headers["target"] else (role, "target")
+            raise ConfigError(
+                f"tensor {missing[0]} is in {has} but not in {lacks}"
+                + (f" (+{len(missing) - 1} more differences)" if len(missing) > 1 else ""),
+                "the three checkpoints must hold the same tensors: " + SAME_MODEL,
+            )
+        for name, (shape, _) in headers["target"].items():
+            if headers[role][name][0] != shape:
+                raise ConfigError(
+                    f"tensor {name} has shape {headers[role][name][0]} in {role} but {shape} in target", SAME_MODEL
+                )
+    return files
+
+
+# --- the merge -----------------------------------------------------------------------------------
+
+
+def _tokenizer_source(instruct: Path, target: Path) -> tuple[str, Path] | None:
+    for role, folder in (("target", target), ("instruct", instruct)):
+        if any((folder / f).exists() for f in TOKENIZER_FILES):
+            return role, folder
+    return None
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an old ``out`` is renamed aside first and deleted last."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def merge_residual(
+    base: str | Path,
+    instruct: str | Path,
+    target: str | Path,
+    out: str | Path,
+    alpha: float = 1.0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Write ``target + alpha * (instruct - base)`` to ``out`` as a model folder and return its ``residual.json``.
+
+    Every floating-point tensor is merged in float32 and cast back to the target's dtype; other tensors are
+    the target's. ConfigError (before anything is written) when the three do not match, or when ``out`` is
+    an input or a non-empty folder and ``overwrite`` is false.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from retain.tracking import progress_bar
+
+    base, instruct, target, out = (Path(p).expanduser().resolve() for p in (base, instruct, target, out))
+    files = check_inputs(base, instruct, target, out, alpha, overwrite)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    stats: dict[str, dict[str, float]] = {}
+    try:
+        with ExitStack() as stack:
+            handles = {
+                (role, file): stack.enter_context(safe_open(file, "pt"))
+                for role in ("base", "instruct")
+                for file in set(files[role].values())
+            }
+
+            def tensor(role: str, name: str) -> torch.Tensor:
+                return handles[role, files[role][name]].get_tensor(name)
+
+            bar = progress_bar(len(files["target"]), progress, desc="residual", unit="tensor")
+            # Shard by shard, under the target's own file names, so the target's index (if any) fits as is.
+            for file in sorted(set(files["target"].values())):
+                merged = {}
+                with safe_open(file, "pt") as f:
+                    for name in f.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+                        t = f.get_tensor(name)
+                        if t.is_floating_point():
+                            t32 = t.float()
+                            b, delta = tensor("base", name).float(), tensor("instruct", name).float()
+                            delta -= b
+                            merged[name] = (t32 + alpha * delta).to(t.dtype)
+                            stats[name] = {
+                                "residual_norm": float(delta.norm()),
+                                "target_norm": float(t32.norm()),
+                                "drift_norm": float((t32 - b).norm()),  # how far continued pretraining moved it
+                            }
+                        else:
+                            merged[name] = t
+                        bar.update(1)
+                save_file(merged, tmp / file.name, metadata={"format": "pt"})
+            bar.close()
+        for extra in (INDEX, "config.json", "generation_config.json"):
+            if (target / extra).exists():
+                shutil.copy(target / extra, tmp / extra)
+        source = _tokenizer_source(instruct, target)
+        if source is not None:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(source[1], trust_remote_code=False).save_pretrained(tmp)
+        record = {
+            "base": str(base),
+            "instruct": str(instruct),
+            "target": str(target),
+            "alpha": alpha,
+            "tokenizer_from": source[0] if source else None,
+            "total": {k: math.sqrt(sum(s[k] ** 2 for s in stats.values())) for k in next(iter(stats.values()), {})},
+            "tensors": stats,
+        }
+        (tmp / "residual.json").write_text(json.dumps(record, indent=2) + "\n")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+def run_residual(cfg: DictConfig) -> dict:
+    """Merge ``cfg.base``/``instruct``/``target`` into ``cfg.out`` (or run the demo); summary in ``cfg.run_dir``."""
+    if cfg.demo:
+        from finetune.residual_demo import run_demo
+
+        return run_demo(cfg)
+    started = time.perf_counter()
+    given = {role: cfg[role] for role in ("base", "instruct", "target")}
+    if None in given.values():
+        missing = ", ".join(f"{role}=" for role, path in given.items() if path is None)
+        raise ConfigError(
+            f"retain residual needs base=, instruct= and target= (missing {missing})",
+            "pass three model folders, or demo=true for the demo experiment",
+        )
+    out = Path(cfg.out or Path(cfg.run_dir) / "model").expanduser().resolve()
+    # All checks before the run directory is made, so a refused merge leaves nothing behind.
+    check_inputs(*(Path(p).expanduser().resolve() for p in given.values()), out, cfg.alpha, cfg.overwrite)
+    run_dir = prepare_run_dir(cfg)
+    record = merge_residual(**given, out=out, alpha=cfg.alpha, overwrite=cfg.overwrite, progress=cfg.progress)
+    summary = {
+        "job": "residual",
+        "out": str(out),
+        "alpha": cfg.alpha,
+        "tensors": len(record["tensors"]),
+        **record["total"],
+        "wall_time_s": time.perf_counter() - started,
+    }
+    write_summary(run_dir, summary)
+    print(f"residual: {out}")
+    return summary
