@@ -96,8 +96,18 @@ def test_experiment_presets_compose_and_build(option):  # cpt_* presets: tests/t
 
 @pytest.mark.parametrize("option", options("debug"))
 def test_debug_options_compose(option):
-    cfg = load_config("sequence", [f'debug="{option}"'])
+    # fast_<job> is that job's own `debug=fast`; the others are shared by every job
+    job = option.split("_", 1)[1] if option.startswith("fast_") else "sequence"
+    cfg = load_config(job, [f'debug="{option}"'])
     assert cfg.traceback == (option != "false")
+
+
+def test_debug_fast_shrinks_a_cpt_run_through_the_cli_rule():
+    from retain.cli import _normalise
+
+    assert _normalise(["debug=fast"], "cpt") == ['debug="fast_cpt"']
+    assert _normalise(["debug=fast"], "sequence") == ['debug="fast"']
+    assert load_config("cpt", ['debug="fast_cpt"']).budget_scale == 0.02
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local", "submitit_slurm"])
