@@ -20,29 +20,14 @@ from retain.config import config_dir, load_config
 from retain.metrics import continual_metrics
 from retain.report import compare_runs
 from retain.sweep_report import summary_lines, sweep_runs
+from tests.test_cpt_job import TINY as CPT_TINY
 
 CONFIGS = config_dir()
 PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("cpt_*.yaml"))
 SWEEPS = ["cpt_replay", "cpt_rewarm", "cpt_infinite_vs_cosine", "cpt_stability_gap"]
 
-# A tiny model and budget (seconds per run), as tests/test_cpt_job.py's TINY.
-TINY = [
-    "stages.0.tokens=40960",
-    "stages.1.tokens=20480",
-    "schedule.warmup_steps=2",
-    "train.seq_len=64",
-    "train.batch_size=8",
-    "model.vocab_size=512",
-    "bios.people=40",
-    "bios.probes=10",
-    "eval.val_batches=2",
-    "eval.sparse_every=20",
-    "model.config.hidden_size=32",
-    "model.config.intermediate_size=64",
-    "model.config.num_hidden_layers=1",
-    "model.config.num_attention_heads=2",
-    "model.config.num_key_value_heads=2",
-]
+# A tiny model and budget (seconds per run): tests/test_cpt_job.py's, without its checkpoints and progress keys.
+TINY = [o for o in CPT_TINY if not o.startswith(("train.checkpoint_every=", "progress="))]
 
 
 @pytest.fixture(autouse=True)
