@@ -257,6 +257,8 @@ def write_report(run_dir: str | Path) -> Path:
         "",
         f"![results heatmap]({HEATMAP})",
         "",
+        *_gap_lines(run["results"]),
+        *_probe_lines(run["results"]),
         "## Per-task curves (dashed: task boundaries)",
         "",
         f"![curves]({CURVES})",
@@ -264,6 +266,40 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     write_text_atomic(out / "report.md", "\n".join(lines))
     return out / "report.md"
+
+
+def _gap_lines(res: dict) -> list[str]:
+    """The stability gap of every task in every stage after the first (runs that record one: retain cpt)."""
+    gaps = res.get("stability_gap") or []
+    stages = res.get("stages") or [f"{i}" for i in range(len(gaps))]
+    rows = [
+        f"| {stage} | {task} | {_fmt(g['depth'])} | {g['worst_step']} | {g['recovery_step'] or '—'} | {_fmt(g.get('end'))} |"
+        for stage, per_task in list(zip(stages, gaps))[1:]
+        for task, g in per_task.items()
+        if g.get("depth", 0) > 0
+    ]
+    if not gaps:
+        return []
+    head = [
+        "## Stability gap (worse than at the stage start; steps counted from the stage start)",
+        "",
+        "| stage | task | depth | worst at | back at start value at | at the stage end |",
+        "|---|---|---|---|---|---|",
+    ]
+    return [*head, *rows, ""] if rows else [head[0], "", "No task got worse during a later stage.", ""]
+
+
+def _probe_lines(res: dict) -> list[str]:
+    """Probe scores (e.g. knowledge accuracy) before training and after each stage."""
+    probes = res.get("probes") or {}
+    if not probes.get("stages"):
+        return []
+    keys = sorted({k for row in [probes.get("initial", {}), *probes["stages"]] for k in row})
+    stages = res.get("stages") or [f"{i}" for i in range(len(probes["stages"]))]
+    lines = ["## Probes", "", "| after | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, row in [("(start)", probes.get("initial", {})), *zip(stages, probes["stages"])]:
+        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
+    return [*lines, ""]
 
 
 def _auc_transfer(run: dict, reference: dict) -> float | None:

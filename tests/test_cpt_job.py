@@ -49,6 +49,12 @@ def test_two_stage_cpt_scores_forgetting_over_sources(tmp_path):
     assert 0.0 <= summary["knowledge_accuracy"] <= 1.0 and summary["steps"] == 40960 // 512 + 20480 // 512
     for name in ("report.md", "curves.png", "results_heatmap.png", "model/config.json", "tokenizer/tokenizer.json"):
         assert (tmp_path / "run" / name).exists(), name
+    # the stability gap and the probes per stage are in results.json and in the report
+    assert results["stages"] == ["upstream", "downstream"] and len(results["stability_gap"]) == 2
+    assert set(results["stability_gap"][1]) == {"shakespeare", "bios"}
+    assert len(results["probes"]["stages"]) == 2 and "bios/knowledge_accuracy" in results["probes"]["initial"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Stability gap" in report and "| downstream | " in report.split("## Probes")[1]
 
 
 def test_stages_must_use_known_sources_and_fitting_schedules(tmp_path):

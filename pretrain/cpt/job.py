@@ -367,6 +367,7 @@ def _run(cfg: DictConfig, device: torch.device, parallel, started: float) -> dic
             "metric": "loss",
             "metrics": metrics,
             "task_boundaries": boundaries,
+            "stages": result["stages"],
             "stability_gap": result["stability_gap"],
             "probes": result["probes"],
         },
