@@ -271,6 +271,8 @@ def write_report(run_dir: str | Path) -> Path:
 def _gap_lines(res: dict) -> list[str]:
     """The stability gap of every task in every stage after the first (runs that record one: retain cpt)."""
     gaps = res.get("stability_gap") or []
+    if not gaps:
+        return []
     stages = res.get("stages") or [f"{i}" for i in range(len(gaps))]
     rows = [
         f"| {stage} | {task} | {_fmt(g['depth'])} | {g['worst_step']} | {g['recovery_step'] or '—'} | {_fmt(g.get('end'))} |"
@@ -278,8 +280,6 @@ def _gap_lines(res: dict) -> list[str]:
         for task, g in per_task.items()
         if g.get("depth", 0) > 0
     ]
-    if not gaps:
-        return []
     head = [
         "## Stability gap (worse than at the stage start; steps counted from the stage start)",
         "",
