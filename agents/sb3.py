@@ -17,10 +17,10 @@ import torch
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import VecEnv
 
 from retain.checkpoint import check_shapes
+from retain.device import resolve_device
 from retain.errors import ConfigError
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"PPO": PPO, "A2C": A2C, "DQN": DQN, "SAC": SAC, "TD3": TD3}
@@ -86,24 +86,15 @@ def rollout_size(cfg: AgentConfig) -> int:
     return steps * cfg.n_envs
 
 
-def check_device(device: str) -> None:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; CUDA only where a device is visible."""
-    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-        raise ConfigError(f"device={device!r} is not a device", "use device=auto, cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} but no CUDA device is visible", "use device=auto or device=cpu")
-
-
 def build_model(cfg: AgentConfig, env: VecEnv, seed: int, device: str = "auto") -> BaseAlgorithm:
     """A fresh SB3 algorithm on ``env`` with the config's hyper-parameters."""
-    check_device(device)
     check_agent(cfg, env.action_space, "?")
     try:
         return ALGORITHMS[cfg.algo](
             cfg.policy,
             env,
             seed=seed,
-            device=get_device(device),
+            device=resolve_device(device),
             verbose=0,
             policy_kwargs=_policy_kwargs(cfg),
             **cfg.hyperparams,

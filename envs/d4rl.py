@@ -20,9 +20,7 @@ as ``d4rl``'s ``get_dataset`` does. ``qlearning_dataset`` and ``episodes`` take 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import h5py
 import numpy as np
 
 from retain.errors import DatasetError
+from retain.io import atomic_path
 
 # field -> (rank, kind): "float" fields are stored as float32 and must be finite, "bool" fields are flags.
 LAYOUT: dict[str, tuple[int, str]] = {
@@ -161,20 +160,9 @@ def write_d4rl(
     if clash := sorted(groups & set(data)):
         raise ValueError(f"{clash[0]} is both a value and a group of other names; rename one of them")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in data.items():
-                f.create_dataset(key, data=value)
-        # The rename must not reach the disk before the data does.
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in data.items():
+            f.create_dataset(key, data=value)
     return path
 
 

@@ -32,7 +32,7 @@ def _print_info(info: dict) -> None:
 
 
 def main(args: list[str]) -> int:
-    from retain.cli import fail
+    from retain.errors import fail
 
     parser = argparse.ArgumentParser(
         prog="retain data", description="Datasets under RETAIN_DATA (default ~/.cache/retain/data)."

@@ -24,14 +24,11 @@ import numpy as np
 
 from envs.spec import EnvSpec
 from retain.errors import DatasetError
-from retain.io import write_json_atomic
+from retain.io import atomic_path, write_json_atomic
+from retain.paths import data_root
 
 SIDECAR = "retain.json"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*-v\d+$")
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("RETAIN_DATA", Path.home() / ".cache" / "retain" / "data")).expanduser()
 
 
 @contextlib.contextmanager
@@ -334,14 +331,11 @@ def write_action_free(path: str | Path, episodes: list[np.ndarray], metadata: di
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     starts = np.cumsum([0] + [len(e) for e in episodes[:-1]])
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("observations", data=np.concatenate(episodes), compression="gzip")
         f.create_dataset("episode_starts", data=starts.astype(np.int64))
         group = f.create_group("metadata")
         for key, value in metadata.items():
             group.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
-    os.replace(tmp, path)
     return path

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from omegaconf import DictConfig
 
 from retain.config import RunConfig
 from retain.errors import ConfigError
+from retain.io import atomic_path
 from retain.rundir import prepare_run_dir, write_summary
 
 SINGLE = "model.safetensors"
@@ -225,17 +224,6 @@ def _tokenizer_source(instruct: Path, target: Path) -> tuple[str, Path] | None:
     return None
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old ``out`` is renamed aside first and deleted last."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def merge_residual(
     base: str | Path,
     instruct: str | Path,
@@ -260,10 +248,8 @@ def merge_residual(
     base, instruct, target, out = (Path(p).expanduser().resolve() for p in (base, instruct, target, out))
     files = check_inputs(base, instruct, target, out, alpha, overwrite)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     stats: dict[str, dict[str, float]] = {}
-    try:
+    with atomic_path(out, directory=True) as tmp:
         with ExitStack() as stack:
             handles = {
                 (role, file): stack.enter_context(safe_open(file, "pt"))
@@ -314,10 +300,6 @@ def merge_residual(
             "tensors": stats,
         }
         (tmp / "residual.json").write_text(json.dumps(record, indent=2) + "\n")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return record
 
 

@@ -53,8 +53,8 @@ from pretrain.cpt.trainer import (
     train_stages,
 )
 from retain.config import to_container
-from retain.errors import ConfigError
-from retain.io import write_json_atomic, write_text_atomic
+from retain.device import resolve_device
+from retain.io import atomic_path, write_json_atomic, write_text_atomic
 from retain.rundir import prepare_run_dir, write_summary
 from retain.seeding import derive_seed
 from retain.tracking import Tracker
@@ -158,12 +158,6 @@ def score(model, tokenizer, persons) -> dict:
     }
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA GPU", "use device=cpu (or auto)")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def run_demo(cfg: DictConfig) -> dict:
     """Train base, instruct and target, merge, score all four on B; results and report in ``cfg.run_dir``."""
     from transformers import AutoModelForCausalLM
@@ -171,7 +165,7 @@ def run_demo(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     d: DemoConfig = OmegaConf.to_object(cfg.demo_cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     run_dir = prepare_run_dir(cfg)
     data, models = run_dir / "data", run_dir / "models"
     _write_corpora(data, d, cfg.seed)  # deterministic, so a resumed run writes the same files
@@ -209,11 +203,9 @@ def run_demo(cfg: DictConfig) -> dict:
             train_stages(
                 model, used, [stage], train, quiet, run_dir / name, tracker, seed, cfg.resume, progress=cfg.progress
             )
-        tmp = models / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(folder)
+        with atomic_path(folder, directory=True) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         shutil.rmtree(run_dir / name / "checkpoints", ignore_errors=True)  # the saved model is what a resume needs now
         return model
 

@@ -22,13 +22,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.sb3 import AgentConfig, build_model, check_agent, check_device, load_model_state, model_state, rollout_size
+from agents.sb3 import AgentConfig, build_model, check_agent, load_model_state, model_state, rollout_size
 from envs.evaluation import METRICS, TaskEvaluator, eval_vec_env, evaluate, make_vec_env
 from envs.registry import check_env_spec, make_env
 from envs.spec import EnvSpec, SequenceConfig, TaskConfig
 from finetune.methods import Method, MethodConfig, make_method
 from retain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from retain.config import RunConfig, to_container
+from retain.device import resolve_device
 from retain.errors import ConfigError, UserError
 from retain.metrics import continual_metrics
 from retain.report import write_report
@@ -171,7 +172,7 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
     if len(set(names)) != len(names):
         raise ConfigError(f"task names repeat in sequence {seq.name!r}: {names}", "give every task a distinct name")
     agent = OmegaConf.to_object(cfg.agent)
-    check_device(cfg.device)
+    resolve_device(cfg.device)
     reference = None
     for task in tasks:
         check_env_spec(task.env)

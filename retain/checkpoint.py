@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from retain.errors import CheckpointError
-from retain.io import write_json_atomic
+from retain.io import atomic_path, write_json_atomic
 
 LATEST = "latest.json"
 
@@ -59,20 +58,13 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:012d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_path(final, directory=True) as tmp:
         save_file(_tensors_for_safetensors(weights), tmp / "weights.safetensors")
         if arrays:
             save_file(_tensors_for_safetensors(arrays), tmp / "arrays.safetensors")
         torch.save(state, tmp / "state.pt")
         meta = {"step": step, "versions": _versions(), **(meta or {})}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_json_atomic(root / LATEST, {"step": step, "path": final.name})
     _prune(root, keep, final)
     return final

@@ -8,78 +8,15 @@ and turns user errors into one line on stderr with exit code 2. Jobs are importe
 
 from __future__ import annotations
 
-import importlib
 import re
 import shutil
 import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from retain.errors import UserError
-
-
-@dataclass(frozen=True)
-class Job:
-    target: str
-    """module:function running the job"""
-    schema: str | None
-    """module:dataclass typing its config (None: the job parses its own arguments)"""
-    help: str
-
-
-JOBS: dict[str, Job] = {
-    "demo": Job(
-        "finetune.demo:run_demo",
-        "finetune.demo:DemoJobConfig",
-        "the default sequence with `finetune` and `reset`, compared in one report",
-    ),
-    "sequence": Job(
-        "finetune.sequence:run_sequence",
-        "finetune.sequence:SequenceJobConfig",
-        "online continual RL over a task sequence with SB3; fills the results matrix",
-    ),
-    "collect": Job(
-        "envs.collect:run_collect",
-        "envs.collect:CollectJobConfig",
-        "roll experts out on tasks and write Minari datasets (offline data)",
-    ),
-    "cpt": Job(
-        "pretrain.cpt.job:run_cpt",
-        "pretrain.cpt.job:CptJobConfig",
-        "continual pretraining of a language model over stages; forgetting per text domain",
-    ),
-    "residual": Job(
-        "finetune.residual:run_residual",
-        "finetune.residual:ResidualJobConfig",
-        "add an instruction residual: target + alpha*(instruct - base) as a model folder (demo=true: the demo)",
-    ),
-    "data": Job(
-        "envs.data_cli:main", None, "list datasets, or show one's episodes, steps, returns, success and spaces"
-    ),
-    "report": Job("retain.report:main", None, "rebuild report.md and plots of run directories, or compare runs"),
-}
-
-
-def _load(ref: str):
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def register_job_schemas(only: str | None = None) -> None:
-    """Put each job's typed config schema (or only job ``only``'s) in Hydra's ConfigStore as ``<job>_schema``.
-
-    One job's is enough to run it, and importing only its module keeps, e.g., ``retain cpt`` free of SB3.
-    """
-    from retain.config import register_schema
-
-    if not OmegaConf.has_resolver("retain_suffix"):
-        OmegaConf.register_new_resolver("retain_suffix", lambda name: f"_{name}" if name else "")
-    for name, job in JOBS.items():
-        if job.schema and only in (None, name):
-            register_schema(f"{name}_schema", _load(job.schema))
+from retain.errors import UserError, fail
+from retain.jobs import JOBS, load_job, register_job_schemas
 
 
 def usage() -> str:
@@ -92,13 +29,6 @@ def usage() -> str:
         "`retain <job> --help` shows the job's config groups and values.",
     ]
     return "\n".join(lines)
-
-
-def fail(problem: str, fix: str | None = None, exc: BaseException | None = None, show_traceback: bool = False) -> int:
-    if show_traceback and exc is not None:
-        traceback.print_exception(exc)
-    print(f"retain: error: {problem}" + (f" — {fix}" if fix else ""), file=sys.stderr)
-    return 2
 
 
 def _normalise(args: list[str], job: str) -> list[str]:
@@ -155,7 +85,7 @@ def _validate(job: str, overrides: list[str]):
 
 
 def _task(job: str):
-    run = _load(JOBS[job].target)
+    run = load_job(job)
 
     def task(cfg):
         from hydra.core.hydra_config import HydraConfig
@@ -232,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if job not in JOBS:
         return fail(f"unknown job {job!r}", f"choose one of {', '.join(JOBS)} (`retain --help` lists them)")
     if JOBS[job].schema is None:
-        return _load(JOBS[job].target)(args)
+        return load_job(job)(args)
     return run_job(job, args)
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from retain.jobs import register_job_schemas
 from retain.tracking import LoggerConfig
 
 
@@ -44,15 +44,8 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-def register_schema(name: str, node: type) -> None:
-    """Make a dataclass available to the config tree as ``<name>`` (used in defaults lists)."""
-    ConfigStore.instance().store(name=name, node=node)
-
-
 def load_config(job: str, overrides: list[str] | None = None) -> DictConfig:
     """Compose the primary config of ``job`` with Hydra overrides, as the CLI would (minus the app runner)."""
-    from retain.cli import register_job_schemas
-
     register_job_schemas(job)
     if GlobalHydra.instance().is_initialized():
         return compose(config_name=job, overrides=list(overrides or []))

@@ -33,3 +33,14 @@ class TrainingDiverged(UserError):
     checkpoints are kept: resume from the last one with a lower rate, or inspect it."""
 
     keep_outputs = True
+
+
+def fail(problem: str, fix: str | None = None, exc: BaseException | None = None, show_traceback: bool = False) -> int:
+    """Print a user error as one line on stderr (the traceback too with ``show_traceback``); return exit code 2."""
+    import sys
+    import traceback
+
+    if show_traceback and exc is not None:
+        traceback.print_exception(exc)
+    print(f"retain: error: {problem}" + (f" — {fix}" if fix else ""), file=sys.stderr)
+    return 2

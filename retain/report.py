@@ -487,7 +487,7 @@ def main(args: list[str]) -> int:
     import sys
     import time
 
-    from retain.cli import fail
+    from retain.errors import fail
 
     parser = argparse.ArgumentParser(
         prog="retain report",

@@ -14,9 +14,9 @@ from envs.registry import check_env_spec
 from envs.spec import EnvSpec
 from finetune.methods import make_method
 from finetune.sequence import build_tasks
-from retain.cli import JOBS, register_job_schemas
 from retain.config import config_dir, load_config
 from retain.errors import ConfigError
+from retain.jobs import JOBS, register_job_schemas
 from retain.tracking import LoggerConfig, Tracker
 
 CONFIGS = config_dir()

@@ -15,8 +15,8 @@ from transformers import AutoConfig
 from pretrain.cpt.job import job_stages, run_cpt
 from pretrain.cpt.schedules import check_schedule
 from pretrain.cpt.trainer import stage_steps
-from retain.cli import register_job_schemas
 from retain.config import config_dir, load_config
+from retain.jobs import register_job_schemas
 from retain.metrics import continual_metrics
 from retain.report import compare_runs
 from retain.sweep_report import summary_lines, sweep_runs

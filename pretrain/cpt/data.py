@@ -36,8 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from fractions import Fraction
 from math import ceil, floor
@@ -49,7 +47,7 @@ import torch
 
 import retain
 from retain.errors import ConfigError, DatasetError
-from retain.io import write_json_atomic
+from retain.io import atomic_path, write_json_atomic
 
 FORMAT = "retain.cpt.tokens/1"
 MANIFEST = "manifest.json"
@@ -309,30 +307,6 @@ def _is_up_to_date(out_dir: Path, fingerprint: str) -> bool:
     return dataset.manifest.get("fingerprint") == fingerprint
 
 
-def _publish(tmp: Path, out_dir: Path, fingerprint: str) -> None:
-    """Move the finished folder into place; the old dataset is renamed aside first and deleted last.
-
-    A crash between the two renames leaves no ``out_dir`` (the next call tokenizes again), never a mix.
-    When another process published the same dataset meanwhile (jobs of a sweep start together), theirs is
-    kept and ``tmp`` dropped: replacing it would pull files from under a process already reading them.
-    """
-    if _is_up_to_date(out_dir, fingerprint):
-        shutil.rmtree(tmp)
-        return
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:  # published by another process between the check and the rename
-        if not _is_up_to_date(out_dir, fingerprint):
-            raise
-        shutil.rmtree(tmp)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def tokenize_source(
     source: str | Path,
     tokenizer: Any,
@@ -406,9 +380,9 @@ def tokenize_source(
 
     dtype = token_dtype(tok_info["vocab_size"])
     sep = tok_info["separator_id"]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    # When another process published the same dataset meanwhile (jobs of a sweep start together), theirs is
+    # kept and ours dropped: replacing it would pull files from under a process already reading them.
+    with atomic_path(out_dir, directory=True, keep_existing=lambda path: _is_up_to_date(path, fingerprint)) as tmp:
         writers = {split: _ShardWriter(tmp, split, dtype, shard_tokens) for split in SPLITS}
         docs = iter_documents(source, kind, text_field)
         index = 0
@@ -441,10 +415,6 @@ def tokenize_source(
             "splits": {split: writer.close() for split, writer in writers.items()},
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        _publish(tmp, out_dir, fingerprint)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

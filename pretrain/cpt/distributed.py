@@ -195,14 +195,6 @@ def init_parallel(mode: str, device: torch.device) -> Parallel:
     return Parallel(mode, dist.get_rank(), dist.get_world_size())
 
 
-def local_device(device: torch.device) -> torch.device:
-    """Under torchrun on GPUs, each process takes the GPU of its ``LOCAL_RANK``."""
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    return device
-
-
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

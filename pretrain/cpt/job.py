@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from envs.datasets import data_root
 from pretrain.cpt.corpora import TEMPLATES, shakespeare_plays, write_corpus
 from pretrain.cpt.data import TokenDataset, tokenize_source
-from pretrain.cpt.distributed import MODES, init_parallel, local_device, shutdown
+from pretrain.cpt.distributed import MODES, init_parallel, shutdown
 from pretrain.cpt.model import ModelConfig, load_model, load_tokenizer
 from pretrain.cpt.schedules import ScheduleConfig, check_schedule
 from pretrain.cpt.trainer import (
@@ -41,8 +39,11 @@ from pretrain.cpt.trainer import (
     use_bf16,
 )
 from retain.config import RunConfig, to_container
+from retain.device import resolve_device
 from retain.errors import ConfigError
+from retain.io import atomic_path
 from retain.metrics import continual_metrics
+from retain.paths import data_root
 from retain.report import write_report
 from retain.rundir import prepare_run_dir, write_results, write_summary
 from retain.seeding import derive_seed
@@ -99,15 +100,10 @@ def _builtin(name: str, cfg: DictConfig) -> Path:
     if name == "shakespeare":
         out = root / "shakespeare"
         if not out.exists():
-            # A private temp folder renamed into place: jobs started together (a sweep) must not collide.
-            root.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=root))
-            for play in shakespeare_plays():
-                shutil.copy(play, tmp / play.name)
-            try:
-                tmp.rename(out)
-            except OSError:  # another job published it first (the same files)
-                shutil.rmtree(tmp, ignore_errors=True)
+            # Jobs started together (a sweep) publish the same files: the first one's are kept.
+            with atomic_path(out, directory=True, keep_existing=True) as tmp:
+                for play in shakespeare_plays():
+                    shutil.copy(play, tmp / play.name)
         return out
     if name == "bios" or name.startswith("bios:"):
         # builtin:bios:<k> is another corpus of the same kind with other people (a further domain).
@@ -228,14 +224,6 @@ class _Silent:
         pass
 
 
-def _device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"unknown device={name!r}", "use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but torch sees no CUDA GPU", "use device=cpu (or auto)")
-    return local_device(torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"))
-
-
 def _tokenize(cfg: DictConfig, paths: dict[str, Path], tokenizer) -> dict[str, TokenDataset]:
     sources = {}
     for name, path in paths.items():
@@ -291,7 +279,7 @@ def run_cpt(cfg: DictConfig) -> dict:
     cfg.run_dir = str(cfg.run_dir)
     torch.set_num_threads(cfg.threads)
     _check(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     parallel = init_parallel(cfg.parallel, device)
     try:
         return _run(cfg, device, parallel, started)
