@@ -4,10 +4,13 @@ Episodes are split over ``workers`` processes; episode k of task t is seeded fro
 dataset depends only on the config, not on how many workers made it. Each task becomes one
 dataset (``dataset_id_for``) under RETAIN_DATA with D4RL-style reference scores
 (random policy = min, noise-free expert = max), the env spec and the expert's identity.
+``check_collect_config`` checks every value and path of the config before any work starts.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -15,15 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from envs.datasets import episode_buffer, write_action_free, write_dataset
-from envs.experts import NoisyExpert, RandomExpert, expert_kind, make_expert, train_sb3_expert
+from envs.datasets import dataset_path, episode_buffer, sequence_dataset_id, write_action_free, write_dataset
+from envs.experts import NoisyExpert, RandomExpert, Sb3Expert, expert_kind, make_expert, train_sb3_expert
 from envs.registry import check_env_spec, make_env
 from envs.spec import EnvSpec, SequenceConfig, TaskConfig
 from retain.config import RunConfig, to_container
-from retain.errors import ConfigError
+from retain.errors import ConfigError, DatasetError
 from retain.rundir import prepare_run_dir, write_summary
 from retain.seeding import derive_seed
 from retain.tracking import Tracker, progress_bar
@@ -178,9 +182,133 @@ def _tasks(cfg: DictConfig) -> list[TaskConfig]:
 
 
 def dataset_id_for(cfg: DictConfig, task: str) -> str:
-    """``<namespace>/<env name>/<quality>-v0`` for one env, ``<namespace>/<sequence>/<task>/<quality>-v0`` for a task list."""
-    parts = [cfg.dataset.namespace] + ([] if cfg.sequence.from_env else [cfg.sequence.name]) + [task]
-    return "/".join(parts) + f"/{cfg.dataset.quality}-v0"
+    """``<namespace>/<env name>/<quality>-v0`` for one env, ``<namespace>/<sequence>/<task>/<quality>-v0`` for a
+    task list (``envs.datasets.sequence_dataset_id``, which offline learners use to find these datasets)."""
+    sequence = None if cfg.sequence.from_env else str(cfg.sequence.name)
+    return sequence_dataset_id(str(cfg.dataset.namespace), sequence, task, str(cfg.dataset.quality))
+
+
+EXPERT_KINDS = ("auto", "metaworld", "babyai_bot", "pd", "sb3", "random")
+SB3_ALGOS = ("PPO", "A2C", "DQN", "SAC", "TD3")
+SCRIPTED = {"metaworld": "Meta-World/MT1 tasks", "babyai_bot": "BabyAI-* levels", "pd": "the point mass"}
+
+
+def _check_sb3_folder(path: str) -> Path:
+    """The folder ``expert.sb3.path`` names, checked to hold what ``Sb3Expert`` loads; else ConfigError."""
+    folder = Path(path).expanduser()
+    fix = "pass the experts/<task> folder of an earlier `retain collect expert.kind=sb3` run, or drop expert.sb3.path to train one"
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"expert.sb3.path={path} {what}", fix)
+    for name in ("policy.safetensors", "expert.json"):
+        if not (folder / name).is_file():
+            raise ConfigError(f"expert.sb3.path={path} holds no {name}", fix)
+    try:
+        meta = json.loads((folder / "expert.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"expert.sb3.path={path}: expert.json is not valid JSON ({e})", fix) from e
+    missing = [k for k in ("algo", "policy", "policy_kwargs", "steps") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ConfigError(f"expert.sb3.path={path}: expert.json lacks {', '.join(missing)}", fix)
+    if meta["algo"] not in SB3_ALGOS:
+        raise ConfigError(f"expert.sb3.path={path}: expert.json names the unknown algorithm {meta['algo']!r}", fix)
+    return folder
+
+
+def check_collect_config(cfg: DictConfig, tasks: list[TaskConfig]) -> dict[str, tuple]:
+    """Check every value and path the config names before any work starts (ConfigError / DatasetError,
+    one line each): counts and noise levels, the expert kind for each task's family, the SB3 expert folder
+    (loaded against each task's spaces), the dataset ids (valid, distinct, not there yet unless
+    ``dataset.overwrite``) and the env ids. Returns each task's (observation_space, action_space)."""
+    checks = [
+        (cfg.episodes >= 1, f"episodes={cfg.episodes}", "collect at least one episode per task (episodes>=1)"),
+        (cfg.workers >= 1, f"workers={cfg.workers}", "use workers>=1 (1 collects in this process)"),
+        (
+            math.isfinite(cfg.expert.sigma) and cfg.expert.sigma >= 0,
+            f"expert.sigma={cfg.expert.sigma}",
+            "the action noise is a standard deviation: use expert.sigma>=0",
+        ),
+        (
+            0 <= cfg.expert.epsilon <= 1,
+            f"expert.epsilon={cfg.expert.epsilon}",
+            "epsilon is the probability of a random action: use 0<=expert.epsilon<=1",
+        ),
+        (
+            cfg.dataset.ref_episodes >= 1,
+            f"dataset.ref_episodes={cfg.dataset.ref_episodes}",
+            "the reference scores need at least one episode each (dataset.ref_episodes>=1)",
+        ),
+        (
+            cfg.max_episode_steps is None or cfg.max_episode_steps >= 1,
+            f"max_episode_steps={cfg.max_episode_steps}",
+            "use max_episode_steps>=1, or null to keep each task's limit",
+        ),
+        (
+            cfg.expert.kind in EXPERT_KINDS,
+            f"unknown expert.kind={cfg.expert.kind!r}",
+            f"use one of {', '.join(EXPERT_KINDS)}",
+        ),
+    ]
+    for ok, problem, fix in checks:
+        if not ok:
+            raise ConfigError(problem, fix)
+    sb3 = cfg.expert.sb3
+    sb3_folder = _check_sb3_folder(str(sb3.path)) if sb3.path else None
+    kinds = [expert_kind(t.env.id) if cfg.expert.kind == "auto" else cfg.expert.kind for t in tasks]
+    if "sb3" in kinds and sb3_folder is None:
+        if sb3.algo not in SB3_ALGOS:
+            raise ConfigError(f"unknown expert.sb3.algo={sb3.algo!r}", f"use one of {', '.join(SB3_ALGOS)}")
+        if sb3.steps < 1:
+            raise ConfigError(f"expert.sb3.steps={sb3.steps}", "train the SB3 expert for at least one step")
+
+    ids: dict[str, str] = {}
+    for task, kind in zip(tasks, kinds, strict=True):
+        if kind in SCRIPTED and expert_kind(task.env.id) != kind:
+            raise ConfigError(
+                f"expert.kind={kind} drives {SCRIPTED[kind]} only, not task {task.name} ({task.env.id})",
+                "use expert.kind=auto (the family's scripted expert, else sb3), sb3 or random",
+            )
+        dataset_id = dataset_id_for(cfg, task.name)
+        if dataset_id in ids:
+            raise ConfigError(
+                f"tasks {ids[dataset_id]!r} and {task.name!r} would both write {dataset_id}",
+                "give the tasks distinct names",
+            )
+        ids[dataset_id] = task.name
+        if not cfg.dataset.overwrite and (existing := dataset_path(dataset_id)) is not None:
+            raise DatasetError(
+                f"dataset {dataset_id} already exists at {existing}",
+                "pass dataset.overwrite=true or choose another dataset name (dataset.quality=...)",
+            )
+        check_env_spec(task.env)
+
+    spaces: dict[str, tuple] = {}
+    for task, kind in zip(tasks, kinds, strict=True):
+        probe = make_env(task.env, monitor=False)()
+        observation_space, action_space = probe.observation_space, probe.action_space
+        probe.close()
+        spaces[task.name] = (observation_space, action_space)
+        if cfg.expert.sigma > 0 and not isinstance(action_space, gym.spaces.Box):
+            raise ConfigError(
+                f"expert.sigma={cfg.expert.sigma} needs continuous actions, but task {task.name} has {action_space}",
+                "use expert.epsilon for discrete actions (random actions with that probability)",
+            )
+        if cfg.dataset.action_free and isinstance(observation_space, gym.spaces.Dict):
+            raise ConfigError(
+                f"task {task.name} has dict observations ({', '.join(observation_space.spaces)})",
+                "action-free export takes array observations (state or pixels); drop dataset.action_free=true",
+            )
+        if kind == "sb3" and sb3_folder is not None:
+            try:
+                Sb3Expert(sb3_folder, observation_space, action_space)
+            except Exception as e:  # a policy of other spaces, a corrupt safetensors file, bad policy_kwargs
+                first = " ".join(str(e).split()) or type(e).__name__
+                raise ConfigError(
+                    f"expert.sb3.path={sb3.path} does not load as an expert for task {task.name} "
+                    f"({observation_space} → {action_space}): {first[:300]}",
+                    "pass an expert trained on this task, or drop expert.sb3.path to train one",
+                ) from e
+    return spaces
 
 
 def _chunks(items: list, n: int) -> list[list]:
@@ -196,17 +324,16 @@ def run_collect(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     cfg.run_dir = str(cfg.run_dir)
     tasks = _tasks(cfg)
-    if cfg.episodes < 1:
-        raise ConfigError(f"episodes={cfg.episodes}", "collect at least one episode per task")
-    for task in tasks:
-        check_env_spec(task.env)
+    spaces = check_collect_config(cfg, tasks)  # everything the config names, before the run directory exists
     expert_cfg = to_container(cfg.expert)
     run_dir = prepare_run_dir(cfg)
     summary: dict[str, Any] = {"job": "collect", "datasets": {}}
     with Tracker(run_dir, cfg.logger, config=to_container(cfg)) as tracker:
         bar = progress_bar(cfg.episodes * len(tasks), cfg.progress, desc="collect", unit="episode")
         for t, task in enumerate(tasks):
-            summary["datasets"][task.name] = _collect_task(cfg, t, task, expert_cfg, run_dir, bar, tracker)
+            summary["datasets"][task.name] = _collect_task(
+                cfg, t, task, spaces[task.name], expert_cfg, run_dir, bar, tracker
+            )
         bar.close()
     summary["wall_time_s"] = time.perf_counter() - started
     write_summary(run_dir, summary)
@@ -218,12 +345,10 @@ def run_collect(cfg: DictConfig) -> dict:
 
 
 def _collect_task(
-    cfg: DictConfig, t: int, task: TaskConfig, expert_cfg: dict, run_dir: Path, bar, tracker: Tracker
+    cfg: DictConfig, t: int, task: TaskConfig, spaces: tuple, expert_cfg: dict, run_dir: Path, bar, tracker: Tracker
 ) -> dict:
     spec = task.env
-    probe = make_env(spec, monitor=False)()
-    observation_space, action_space = probe.observation_space, probe.action_space
-    probe.close()
+    observation_space, action_space = spaces
     kind = expert_kind(spec.id) if expert_cfg["kind"] == "auto" else expert_cfg["kind"]
     sb3_path = expert_cfg["sb3"]["path"]
     if kind == "sb3" and not sb3_path:

@@ -1,4 +1,8 @@
-"""``retain data list`` and ``retain data info <id|path>``: what datasets exist and what is in one."""
+"""``retain data list`` and ``retain data info <id|path|file.hdf5>``: what datasets exist and what is in one.
+
+``info`` takes a Minari dataset (an id under RETAIN_DATA, or its directory) or a D4RL-layout HDF5 file
+(``.hdf5``/``.h5``, or any existing HDF5 file), and prints the same statistics for both.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ def _print_info(info: dict) -> None:
     rows = [
         ("dataset", info["id"]),
         ("path", info["path"]),
+        ("format", info.get("format", "minari")),
         ("episodes", info["episodes"]),
         ("steps", info["steps"]),
         ("return", f"{ret['mean']:.3f} ± {ret['std']:.3f} (min {ret['min']:.3f}, max {ret['max']:.3f})"),
@@ -26,6 +31,8 @@ def _print_info(info: dict) -> None:
     ]
     if "env_spec" in info:
         rows.append(("env spec", json.dumps(info["env_spec"])))
+    if info.get("metadata"):
+        rows.append(("metadata", json.dumps(info["metadata"])))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -42,7 +49,10 @@ def main(args: list[str]) -> int:
     info = sub.add_parser(
         "info", help="one dataset: episodes, steps, return/success statistics, spaces, expert, env spec"
     )
-    info.add_argument("dataset", help="a dataset id (retain/<task>/<quality>-v0) or a dataset directory")
+    info.add_argument(
+        "dataset",
+        help="a dataset id (retain/<task>/<quality>-v0), a dataset directory, or a D4RL-layout file (.hdf5/.h5)",
+    )
     info.add_argument("--json", action="store_true", help="print the statistics as JSON")
     parser.add_argument("--debug", action="store_true", help="print tracebacks")
     opts = parser.parse_args(args)

@@ -13,10 +13,12 @@ clear line, on ids that do not exist.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -189,3 +191,38 @@ def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
         return env
 
     return thunk
+
+
+ENTRY_POINT = "envs.registry:env_from_spec"
+"""The gymnasium entry point that rebuilds a retain env from its ``EnvSpec`` fields (datasets store it)."""
+
+
+def env_from_spec(**fields: Any) -> gym.Env:
+    """Gymnasium entry point: build the env that ``make_env(EnvSpec(**fields))`` builds (no Monitor).
+
+    ``fields`` are ``EnvSpec``'s fields; anything else (e.g. ``render_mode`` passed to ``gym.make`` or to
+    Minari's ``recover_environment``) goes into ``kwargs`` for the underlying env.
+    """
+    names = {f.name for f in dataclasses.fields(EnvSpec)}
+    extra = {k: fields.pop(k) for k in list(fields) if k not in names}
+    spec = EnvSpec(**fields)
+    spec.kwargs = {**(spec.kwargs or {}), **extra}
+    return make_env(spec, monitor=False)()
+
+
+def gym_env_spec(spec: EnvSpec) -> gym.envs.registration.EnvSpec:
+    """A gymnasium ``EnvSpec`` that rebuilds ``spec``'s env (wrappers included) through ``env_from_spec``.
+
+    ``gym.make(gym_env_spec(spec))`` needs no registration, and the spec serializes with ``to_json``, so
+    Minari stores it as a dataset's ``env_spec`` and ``MinariDataset.recover_environment()`` rebuilds the env.
+    Its ``id`` is ``spec.id``; the episode limit is applied inside (``max_episode_steps`` stays None here).
+    """
+    fields = dataclasses.asdict(spec)
+    fields["kwargs"] = dict(fields["kwargs"] or {})
+    return gym.envs.registration.EnvSpec(
+        id=spec.id,
+        entry_point=ENTRY_POINT,
+        max_episode_steps=None,
+        kwargs=fields,
+        disable_env_checker=True,
+    )

@@ -10,6 +10,7 @@ import pytest
 
 from envs.collect import run_collect
 from envs.datasets import data_root, dataset_info, list_datasets, load_dataset
+from envs.transitions import load_transitions
 from retain.config import load_config
 from retain.errors import DatasetError
 from tests.conftest import error_lines
@@ -81,10 +82,23 @@ def test_pixel_task_list_with_action_free_export(tmp_path):
         assert "actions" not in f
 
 
-def test_metaworld_scripted_expert(tmp_path):
+def test_metaworld_scripted_expert(tmp_path, monkeypatch):
     collect(tmp_path, "mw", "env=metaworld_reach", "episodes=2", "workers=1")
     info = dataset_info("retain/reach/expert-v0")
     assert info["success_rate"] == 1.0 and info["expert"] == "metaworld:reach-v3" and info["steps"] == 400
+    # Minari's own API rebuilds the Meta-World task (env_name, goal variant, episode limit) from the dataset
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(data_root()))
+    dataset = minari.load_dataset("retain/reach/expert-v0")
+    env = dataset.recover_environment(eval_env=True)
+    assert env.observation_space == dataset.observation_space and env.action_space == dataset.action_space
+    seed = next(iter(dataset.storage.get_episode_metadata([0])))["seed"]
+    obs, _ = env.reset(seed=seed)
+    episode = dataset[0]
+    np.testing.assert_allclose(obs, episode.observations[0], atol=1e-6)
+    for action in episode.actions[:5]:
+        obs, *_ = env.step(action)
+    np.testing.assert_allclose(obs, episode.observations[5], atol=1e-5)
+    env.close()
 
 
 def test_sb3_expert_is_trained_then_rolled_out(tmp_path):
@@ -190,7 +204,8 @@ def test_metaworld_task_list_in_two_workers(tmp_path):
     )
 
 
-def test_babyai_missions_are_kept_as_text(tmp_path):
+def test_babyai_missions_are_kept_as_text(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(data_root()))
     collect(tmp_path, "baby", "sequence=babyai4", "episodes=3", "workers=1")
     dataset = load_dataset("retain/babyai4/put_next_local/expert-v0")
     episode = dataset[0]
@@ -201,6 +216,19 @@ def test_babyai_missions_are_kept_as_text(tmp_path):
     assert episode.observations["image"].shape[1:] == (7, 7, 3)
     info = dataset_info("retain/babyai4/put_next_local/expert-v0")
     assert info["success_rate"] == 1.0 and info["expert"] == "babyai_bot"
+    # as flat transitions: a dict of arrays, missions as str arrays, next observations shifted inside episodes
+    t = load_transitions("retain/babyai4/put_next_local/expert-v0")
+    n = info["steps"]
+    assert t.observations["image"].shape == (n, 7, 7, 3) and t.observations["direction"].shape == (n,)
+    assert t.observations["mission"].dtype.kind == "U" and t.observations["mission"][0] == missions[0]
+    assert t.actions.shape == (n,) and len(t.episode_starts) == 3 and t.terminals.sum() == 3
+    last = np.append(t.episode_starts[1:], n) - 1
+    inside = np.setdiff1d(np.arange(n), last)
+    for key in ("image", "direction", "mission"):
+        np.testing.assert_array_equal(t.next_observations[key][inside], t.observations[key][inside + 1])
+    assert t.observation_space == dataset.observation_space and t.env_spec["id"].startswith("BabyAI-")
+    env = minari.load_dataset("retain/babyai4/put_next_local/expert-v0").recover_environment()
+    assert env.observation_space == dataset.observation_space and isinstance(env.reset(seed=0)[0]["mission"], str)
 
 
 def test_random_expert_and_info_by_path(tmp_path):
