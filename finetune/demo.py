@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.methods import MethodConfig
 from finetune.sequence import SequenceJobConfig, run_sequence
+from retain.aggregate import describe, fmt_stats
 from retain.config import to_container
 from retain.metrics import METRIC_KEYS
 from retain.report import compare_runs
@@ -32,7 +33,7 @@ class DemoJobConfig(SequenceJobConfig):
     methods: dict[str, MethodConfig] = field(default_factory=dict)
     """the methods to run, by name (each one is a method/ config)"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """each method runs once per seed; the report aggregates seeds with a 90% bootstrap CI"""
+    """each method runs once per seed; the report aggregates seeds with rliable (IQM, mean, 95% CIs)"""
     workers: int = 2
     """runs in parallel processes (1: one after another in this process)"""
 
@@ -104,10 +105,9 @@ def run_demo(cfg: DictConfig) -> dict:
         }
         tracker.log(scalars, step=max(s["steps"] for s in summaries))
     write_summary(cfg.run_dir, summary)
+    print(f"interquartile mean over seeds × tasks [{describe()}], n = seeds:")
     for label, agg in comparison.items():
-        f = agg["forgetting"]
-        print(
-            f"{label.split(' ')[0]:>10}: forgetting {f['mean']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]  average {agg['average']['mean']:.3f}  plasticity {agg['plasticity']['mean']:.3f}  (mean [90% CI] over {f['n']} seeds)"
-        )
+        cells = "  ".join(f"{k} {fmt_stats(agg[k], 'iqm')}" for k in ("forgetting", "average", "plasticity"))
+        print(f"{label.split(' ')[0]:>10}: {cells}")
     print(f"report: {Path(cfg.run_dir) / 'report.md'}")
     return summary

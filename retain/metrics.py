@@ -8,7 +8,6 @@ Chaudhry et al. 2018 (max forgetting) and Lopez-Paz & Ranzato 2017 (backward/for
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -129,39 +128,3 @@ def stability_gap(steps: Sequence[int], scores: Sequence[float], start: float, h
     worst = int(np.argmax(worse))
     recovery = next((int(steps[k]) for k in range(worst + 1, len(worse)) if worse[k] <= 0), None)
     return {"depth": float(worse[worst]), "worst_step": int(steps[worst]), "recovery_step": recovery, "end": end}
-
-
-def bootstrap_ci(
-    values: Sequence[float], confidence: float = 0.9, n_resamples: int = 10_000, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean (Continual World reports 90%)."""
-    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if values.size == 0:
-        return (math.nan, math.nan)
-    if values.size == 1:
-        return (float(values[0]), float(values[0]))
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(n_resamples, values.size), replace=True).mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))
-
-
-def aggregate_seeds(per_seed: Sequence[dict], confidence: float = 0.9) -> dict:
-    """Mean and bootstrap CI of each scalar metric over runs that differ only by seed.
-
-    ``per_seed`` are ``continual_metrics`` outputs; returns ``{key: {"mean", "ci_low", "ci_high", "n"}}``
-    (mean None when no seed defines the metric).
-    """
-    if not per_seed:
-        raise ValueError("aggregate_seeds needs at least one run")
-    out = {}
-    for key in METRIC_KEYS:
-        values = [m.get(key) for m in per_seed if m.get(key) is not None]
-        low, high = bootstrap_ci(values, confidence)
-        out[key] = {
-            "mean": float(np.mean(values)) if values else None,
-            "ci_low": None if math.isnan(low) else low,
-            "ci_high": None if math.isnan(high) else high,
-            "n": len(values),
-        }
-    return out

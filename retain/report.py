@@ -21,9 +21,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from retain.aggregate import (  # noqa: E402
+    CONFIDENCE,
+    METHOD,
+    REPS,
+    SEED,
+    describe,
+    estimates,
+    fmt_interval,
+    fmt_stats,
+    probability_of_improvement,
+    score_matrix,
+)
 from retain.errors import UserError  # noqa: E402
 from retain.io import write_text_atomic  # noqa: E402
-from retain.metrics import METRIC_KEYS, aggregate_seeds, auc_forward_transfer, bootstrap_ci  # noqa: E402
+from retain.metrics import METRIC_KEYS, auc_forward_transfer  # noqa: E402
 from retain.rundir import CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE  # noqa: E402
 from retain.tracking import read_metrics  # noqa: E402
 
@@ -323,33 +335,51 @@ def _auc_transfer(run: dict, reference: dict) -> float | None:
     return auc_forward_transfer(curves, refs)
 
 
-def _stats(values: list) -> dict:
-    """Mean and 90% bootstrap CI of the non-None ``values`` (as ``aggregate_seeds`` gives per metric)."""
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
-    low, high = bootstrap_ci(values)
-    return {"mean": float(np.mean(values)), "ci_low": low, "ci_high": high, "n": len(values)}
+# Where each continual metric's per-task values live in ``results.json`` (``metrics.per_task``), with their sign:
+# the scores a group is aggregated over, runs × tasks (only the tasks where the metric is defined: every earlier
+# task for forgetting, every later one for forward transfer).
+_TASK_SCORES = {
+    "average": ("final", 1.0),
+    "plasticity": ("just_after", 1.0),
+    "forgetting": ("forgetting", 1.0),
+    "max_forgetting": ("max_forgetting", 1.0),
+    "backward_transfer": ("forgetting", -1.0),  # = −forgetting, task by task
+    "forward_transfer": ("forward_transfer", 1.0),
+}
+_ALL_KEYS = (*METRIC_KEYS, "auc_forward_transfer")
 
 
-def _cell(stats: dict | None) -> str:
-    if not stats or stats["mean"] is None:
-        return "–"
-    ci = f" [{_fmt(stats['ci_low'])}, {_fmt(stats['ci_high'])}]" if stats["n"] > 1 else ""
-    return _fmt(stats["mean"]) + ci
+def _task_scores(metrics: dict, key: str) -> list[float] | float | None:
+    """One run's scores for ``key``: its per-task values, else (results written without them) its single value."""
+    source, sign = _TASK_SCORES[key]
+    values = [sign * v for v in (metrics.get("per_task") or {}).get(source) or [] if v is not None]
+    return values or metrics.get(key)
 
 
-def _per_task(members: list[dict]) -> dict:
-    """Per task over the seeds of one group: forgetting and final score; the knowledge-probe accuracy and
-    each earlier task's stability gap in every later stage, where the runs recorded them (``retain cpt``)."""
+def _matrix(rows: list) -> np.ndarray:
+    """runs × tasks from one entry per run; runs × 1 (each run's mean) where the runs' task counts differ."""
+    try:
+        return score_matrix(rows)
+    except ValueError:
+        return score_matrix([float(np.mean(r)) if isinstance(r, list) else r for r in rows])
+
+
+def _cell(stats: dict | None, kind: str = "mean") -> str:
+    return fmt_stats(stats, kind)
+
+
+def _per_task_matrices(members: list[dict]) -> tuple[dict, dict]:
+    """Per task over the seeds of one group: forgetting and final score; the knowledge-probe accuracy and each
+    earlier task's stability gap in every later stage, where the runs recorded them (``retain cpt``). Returns the
+    score matrices (runs × 1) by key, and what the stability gaps count rather than average."""
     tasks = members[0]["results"]["tasks"]
     per = [m["results"]["metrics"]["per_task"] for m in members]
-    out = {
-        "forgetting": {t: _stats([p["forgetting"][j] for p in per]) for j, t in enumerate(tasks[:-1])},
-        "final": {t: _stats([p["final"][j] for p in per]) for j, t in enumerate(tasks)},
-        "knowledge_accuracy": _stats([m["summary"].get("knowledge_accuracy") for m in members]),
-        "stability_gap": {},
+    matrices: dict = {
+        ("forgetting", t): score_matrix([p["forgetting"][j] for p in per]) for j, t in enumerate(tasks[:-1])
     }
+    matrices.update({("final", t): score_matrix([p["final"][j] for p in per]) for j, t in enumerate(tasks)})
+    matrices["knowledge_accuracy"] = score_matrix([m["summary"].get("knowledge_accuracy") for m in members])
+    counts: dict = {}
     gaps = [m["results"].get("stability_gap") for m in members]
     if all(gaps):
         sign = 1.0 if members[0]["results"]["higher_is_better"] else -1.0
@@ -360,14 +390,117 @@ def _per_task(members: list[dict]) -> dict:
                 # how much of the worst drop the task had made up by the stage's end (all of it: back to the start)
                 regained = [f["depth"] - max(sign * (R[i - 1][j] - R[i][j]), 0.0) for f, R in found]
                 worst = [f["worst_step"] for f, _ in found if f["worst_step"] is not None]
-                out["stability_gap"][f"{task} in {stages[i]}"] = {
-                    "depth": _stats([f["depth"] for f, _ in found]),
-                    "regained": _stats(regained),
+                key = f"{task} in {stages[i]}"
+                matrices[("gap", key, "depth")] = score_matrix([f["depth"] for f, _ in found])
+                matrices[("gap", key, "regained")] = score_matrix(regained)
+                counts[key] = {
                     "worst_step": float(np.median(worst)) if worst else None,
                     "recovered": sum(f["recovery_step"] is not None for f, _ in found if f["depth"] > 0),
                     "with_gap": sum(f["depth"] > 0 for f, _ in found),
                 }
+    return matrices, counts
+
+
+def _aggregate(members: list[dict], references: dict, per_task: bool) -> tuple[dict, dict]:
+    """One group's aggregates (see ``compare_runs``) and its score matrices by metric, from one batched rliable
+    bootstrap."""
+    matrices: dict = {
+        key: _matrix([_task_scores(m["results"]["metrics"], key) for m in members]) for key in METRIC_KEYS
+    }
+    matrices["auc_forward_transfer"] = score_matrix(
+        [
+            _auc_transfer(m, ref)
+            if (ref := references.get((m["summary"].get("sequence"), m["summary"].get("seed")))) is not None
+            else None
+            for m in members
+        ]
+    )
+    counts: dict = {}
+    if per_task:
+        task_matrices, counts = _per_task_matrices(members)
+        matrices.update(task_matrices)
+    stats = estimates(matrices)
+    out = {"seeds": len(members), **{key: stats[key] for key in _ALL_KEYS}}
+    if per_task:
+        tasks = members[0]["results"]["tasks"]
+        out["per_task"] = {
+            "forgetting": {t: stats[("forgetting", t)] for t in tasks[:-1]},
+            "final": {t: stats[("final", t)] for t in tasks},
+            "knowledge_accuracy": stats["knowledge_accuracy"],
+            "stability_gap": {
+                key: {"depth": stats[("gap", key, "depth")], "regained": stats[("gap", key, "regained")], **extra}
+                for key, extra in counts.items()
+            },
+        }
+    return out, {key: matrices[key] for key in ("average", "forgetting")}
+
+
+def _improvements(groups: dict[str, list[dict]], matrices: dict[str, dict]) -> dict[str, list[dict]]:
+    """P(X > Y) [CI] for every pair of groups with at least two seeds that ran the same tasks with the same score:
+    ``average`` from each task's final score (a loss: lower is better), ``forgetting`` from each earlier task's
+    forgetting (lower is better)."""
+    cohorts: dict[tuple, list[str]] = defaultdict(list)
+    for label, members in groups.items():
+        res = members[0]["results"]
+        cohorts[(tuple(res["tasks"]), res["metric"], bool(res["higher_is_better"]))].append(label)
+    out: dict[str, list[dict]] = {"average": [], "forgetting": []}
+    for (_, metric, higher), labels in cohorts.items():
+        for key, sign in (("average", 1.0 if higher else -1.0), ("forgetting", -1.0)):
+            scored = {label: sign * matrices[label][key] for label in labels if matrices[label][key].shape[0] >= 2}
+            if len(scored) < 2 or len({m.shape[1] for m in scored.values()}) > 1:
+                continue
+            better = "higher" if sign > 0 else "lower"
+            out[key] += [{**p, "metric": metric, "better": better} for p in probability_of_improvement(scored)]
     return out
+
+
+def _improvement_tables(improvements: dict[str, list[dict]]) -> list[str]:
+    lines = []
+    for key, pairs in improvements.items():
+        for (metric, better), cohort in _by(pairs, lambda p: (p["metric"], p["better"])).items():
+            labels = list(dict.fromkeys(p["x"] for p in cohort))
+            seeds = {p["x"]: p["n_x"] for p in cohort}
+            cell = {(p["x"], p["y"]): p for p in cohort}
+            score = (
+                f"each task's final {metric}" if key == "average" else f"each earlier task's forgetting, in {metric}"
+            )
+            lines += [
+                "",
+                f"## Probability of improvement, {key} ({better} is better): P(row beats column) [{describe()}]",
+                "",
+                f"The chance that a run of the row's group beats a run of the column's group on a task, averaged over "
+                f"the tasks ({score}); 0.5: neither is better. n: the seeds of the row's and the column's group.",
+                "",
+                "| P(row beats column) | " + " | ".join(f"{label} (n={seeds[label]})" for label in labels) + " |",
+                "|---" * (len(labels) + 1) + "|",
+            ]
+            for x in labels:
+                cells = [
+                    "–"
+                    if x == y
+                    else fmt_interval(c["p"], c["ci_low"], c["ci_high"], digits=2) + f" n={c['n_x']} vs {c['n_y']}"
+                    for y in labels
+                    for c in [cell.get((x, y))]
+                ]
+                lines.append(f"| {x} (n={seeds[x]}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _by(items: list[dict], key) -> dict:
+    out: dict = defaultdict(list)
+    for item in items:
+        out[key(item)].append(item)
+    return out
+
+
+def _metric_tables(aggregates: dict) -> list[str]:
+    head = "| group | seeds | " + " | ".join(_ALL_KEYS) + " |"
+    lines = []
+    for kind, title in (("iqm", "Interquartile mean (IQM)"), ("mean", "Mean")):
+        lines += ["", f"## {title} over seeds × tasks [{describe()}]", "", head, "|---" * (len(_ALL_KEYS) + 2) + "|"]
+        for label, agg in aggregates.items():
+            lines.append(f"| {label} | {agg['seeds']} | " + " | ".join(_cell(agg[k], kind) for k in _ALL_KEYS) + " |")
+    return lines
 
 
 def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
@@ -378,10 +511,11 @@ def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
     head += ["knowledge accuracy"] if knowledge else []
     lines = [
         "",
-        f"## Per task{unit}: mean [90% CI] over seeds",
+        f"## Per task{unit}: mean over seeds [{describe()}]",
         "",
         f"Forgetting: how much worse a task's {results['metric']} is at the end than right after its own stage "
-        "(positive = forgot); final: its score at the end.",
+        "(positive = forgot); final: its score at the end. With one value per seed, an interval cannot be wider "
+        "than the seeds' range: read it with its n.",
         "",
         "| group | seeds | " + " | ".join(head) + " |",
         "|---" * (len(head) + 2) + "|",
@@ -390,12 +524,12 @@ def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
         per = agg["per_task"]
         cells = [_cell(per["forgetting"][t]) for t in tasks[:-1]] + [_cell(per["final"][t]) for t in tasks]
         cells += [_cell(per["knowledge_accuracy"])] if knowledge else []
-        lines.append(f"| {label} | {agg['forgetting']['n'] or agg['average']['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {agg['seeds']} | " + " | ".join(cells) + " |")
     keys = list(next(iter(aggregates.values()))["per_task"]["stability_gap"])
     if keys:
         lines += [
             "",
-            f"## Stability gap{unit}: mean [90% CI] over seeds",
+            f"## Stability gap{unit}: mean over seeds [{describe()}]",
             "",
             "How an earlier task fared during a later stage: depth, how much worse than at the stage's start it got "
             "at its worst evaluation; regained, how much of that it had made up by the stage's end; worst at, the "
@@ -416,7 +550,15 @@ def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
 
 
 def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """Side-by-side report of several runs; seeds of one label are aggregated (mean, 90% CI)."""
+    """Side-by-side report of several runs; the seeds of one label are aggregated with rliable.
+
+    ``comparison.json`` holds ``runs``, ``aggregation`` (how: confidence, resamples, seed), ``groups``
+    (``{label: {"seeds", <metric>: stats, "auc_forward_transfer": stats, "per_task": {"forgetting": {task: stats},
+    "final": {task: stats}, "knowledge_accuracy": stats, "stability_gap": {...}}}}``, where stats are
+    ``retain.aggregate.estimates`` entries: ``n`` seeds, ``tasks``, ``iqm``/``mean`` and their CI bounds) and
+    ``probability_of_improvement`` (``{"average": [pair], "forgetting": [pair]}``, pairs from
+    ``retain.aggregate.probability_of_improvement`` plus the score's ``metric`` and which way is ``better``).
+    """
     runs = [load_run(d) for d in run_dirs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -428,38 +570,26 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         for r in runs
         if r["summary"].get("method") == "reset"
     }
+    per_task = len({tuple(r["results"]["tasks"]) for r in runs}) == 1  # per-task columns need one task list
+    aggregates, matrices = {}, {}
+    for label, members in groups.items():
+        aggregates[label], matrices[label] = _aggregate(members, references, per_task)
+    improvements = _improvements(groups, matrices)
 
     lines = [
         "# retain comparison",
         "",
-        f"{len(runs)} runs in {len(groups)} groups; mean over seeds with a 90% bootstrap CI.",
-        "",
-        "| group | seeds | " + " | ".join(METRIC_KEYS) + " | auc_forward_transfer |",
-        "|---" * (len(METRIC_KEYS) + 3) + "|",
+        f"{len(runs)} runs in {len(groups)} groups (a group: the seeds of one condition), aggregated with rliable "
+        "(Agarwal et al. 2021): a metric is scored over runs × tasks where it has per-task values (average: every "
+        "task's final score; plasticity: every task's score right after its own training; forgetting, "
+        "max_forgetting, backward_transfer: every earlier task's; forward_transfer: every later task's), and over "
+        "runs otherwise (auc_forward_transfer, against the `reset` run of the same seed). The interquartile mean "
+        f"and the mean each come with a {describe()}, {REPS} resamples, seed {SEED}: runs are resampled within "
+        "every task. n: the seeds behind a value; with one seed there is no interval.",
+        *_metric_tables(aggregates),
+        *_improvement_tables(improvements),
     ]
-    aggregates = {}
-    for label, members in groups.items():
-        agg = aggregate_seeds([m["results"]["metrics"] for m in members])
-        aucs = [
-            a
-            for m in members
-            if (ref := references.get((m["summary"].get("sequence"), m["summary"].get("seed")))) is not None
-            and (a := _auc_transfer(m, ref)) is not None
-        ]
-        aggregates[label] = {**agg, "auc_forward_transfer": float(np.mean(aucs)) if aucs else None}
-        cells = []
-        for key in METRIC_KEYS:
-            a = agg[key]
-            ci = f" [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]" if a["n"] > 1 else ""
-            cells.append(_fmt(a["mean"]) + ci)
-        lines.append(
-            f"| {label} | {len(members)} | "
-            + " | ".join(cells)
-            + f" | {_fmt(aggregates[label]['auc_forward_transfer'])} |"
-        )
-    if len({tuple(r["results"]["tasks"]) for r in runs}) == 1:  # per-task columns need one task list
-        for label, members in groups.items():
-            aggregates[label]["per_task"] = _per_task(members)
+    if per_task:
         lines += _per_task_tables(aggregates, runs[0]["results"])
     lines += ["", "## Per-task curves", "", f"![curves]({CURVES})", ""]
     plot_curves(runs, out / CURVES)
@@ -475,9 +605,13 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
             "",
         ]
     write_text_atomic(out / "report.md", "\n".join(lines))
-    (out / "comparison.json").write_text(
-        json.dumps({"runs": [str(r["dir"]) for r in runs], "groups": aggregates}, indent=2)
-    )
+    comparison = {
+        "runs": [str(r["dir"]) for r in runs],
+        "aggregation": {"method": METHOD, "confidence": CONFIDENCE, "reps": REPS, "seed": SEED},
+        "groups": aggregates,
+        "probability_of_improvement": improvements,
+    }
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
     return out / "report.md"
 
 

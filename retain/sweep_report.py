@@ -9,8 +9,9 @@ A preset that sweeps (``hydra.mode: MULTIRUN`` with ``hydra.sweeper.params``) na
 
 and ``retain <job> experiment=<preset>`` then ends with ``<sweep dir>/report.md``: every finished run of the
 sweep compared by ``retain.report.compare_runs``, the runs of one setting (one label: for ``retain cpt`` the
-run's ``name``) aggregated over seeds with a 90% bootstrap CI. ``retain report <sweep dir>`` rebuilds it from
-the files alone. The callback runs in the process that launched the sweep, after the last job.
+run's ``name``) aggregated over seeds with rliable (interquartile mean and mean with stratified-bootstrap 95% CIs,
+probability of improvement between settings). ``retain report <sweep dir>`` rebuilds it from the files alone.
+The callback runs in the process that launched the sweep, after the last job.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from retain.aggregate import describe, fmt_stats
 from retain.report import compare_runs
 from retain.rundir import RESULTS_FILE
 
@@ -40,7 +42,7 @@ def sweep_runs(sweep_dir: str | Path) -> list[Path]:
 
 def summary_lines(sweep_dir: str | Path) -> list[str]:
     """One line per setting of a written comparison: each earlier task's forgetting and the last task's
-    final score, mean [90% CI] over seeds (what the CPT presets compare)."""
+    final score, mean [CI] n=seeds (what the CPT presets compare)."""
     comparison = json.loads((Path(sweep_dir) / "comparison.json").read_text())
     lines = []
     for label, group in comparison["groups"].items():
@@ -48,20 +50,14 @@ def summary_lines(sweep_dir: str | Path) -> list[str]:
         if not per_task:
             continue
         cells = [
-            f"{task} forgetting {_mean_ci(stats)}"
+            f"{task} forgetting {fmt_stats(stats)}"
             for task, stats in per_task["forgetting"].items()
             if stats["mean"] is not None
         ]
         last, stats = list(per_task["final"].items())[-1]
-        cells.append(f"{last} final {_mean_ci(stats)}")
-        lines.append(f"  {label}: " + "  ".join(cells) + f"  (n={group['forgetting']['n']})")
+        cells.append(f"{last} final {fmt_stats(stats)}")
+        lines.append(f"  {label}: " + "  ".join(cells))
     return lines
-
-
-def _mean_ci(stats: dict) -> str:
-    if stats["n"] > 1:
-        return f"{stats['mean']:.3f} [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
-    return f"{stats['mean']:.3f}"
 
 
 class SweepReport(Callback):
@@ -74,6 +70,6 @@ class SweepReport(Callback):
             print(f"retain: no finished run under {sweep_dir}: no comparison written", file=sys.stderr)
             return
         path = compare_runs(runs, sweep_dir)
-        print(f"retain: {len(runs)} runs compared (mean [90% CI] over seeds):")
+        print(f"retain: {len(runs)} runs compared (mean over seeds [{describe()}], n = seeds):")
         print("\n".join(summary_lines(sweep_dir)))
         print(f"report: {path}")

@@ -4,15 +4,11 @@ import math
 
 import numpy as np
 import pytest
+from rliable import library as rly
+from rliable import metrics as rlm
 
-from retain.metrics import (
-    METRIC_KEYS,
-    aggregate_seeds,
-    auc_forward_transfer,
-    bootstrap_ci,
-    continual_metrics,
-    stability_gap,
-)
+from retain import aggregate
+from retain.metrics import METRIC_KEYS, auc_forward_transfer, continual_metrics, stability_gap
 
 # R[i, j]: score on task j after training on task i.
 R = [[0.9, 0.1, 0.0],
@@ -94,21 +90,93 @@ def test_auc_forward_transfer_skips_saturated_references_and_checks_ranges():
         auc_forward_transfer([[1.0]], [])
 
 
-def test_bootstrap_ci_brackets_the_mean_and_collapses_for_constants():
-    values = [0.1, 0.4, 0.35, 0.8, 0.5]
-    low, high = bootstrap_ci(values)
-    assert low < np.mean(values) < high
-    assert bootstrap_ci([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3))
+def test_iqm_of_known_numbers_and_as_rliable_computes_it():
+    # 8 scores: the middle 4 (3, 4, 5, 6) are kept, the outlier 100 is not
+    scores = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 100.0]])
+    assert aggregate.iqm(scores) == pytest.approx(4.5) == rlm.aggregate_iqm(scores)
+    assert aggregate.estimates({"g": scores})["g"]["iqm"] == pytest.approx(4.5)
+    assert aggregate.estimates({"g": scores})["g"]["mean"] == pytest.approx(128 / 8)
+    rng = np.random.default_rng(0)
+    for shape in [(3, 5), (4, 7), (5, 1), (10, 3)]:
+        s = rng.random(shape)
+        assert aggregate.iqm(s) == pytest.approx(rlm.aggregate_iqm(s))
+        assert aggregate.iqm(s, axis=0) == pytest.approx([rlm.aggregate_iqm(s[:, [j]]) for j in range(shape[1])])
 
 
-def test_aggregate_seeds():
-    per_seed = [continual_metrics(R, INITIAL), continual_metrics(np.asarray(R) * 0.5, INITIAL)]
-    agg = aggregate_seeds(per_seed)
-    assert agg["average"]["n"] == 2
-    assert agg["average"]["mean"] == pytest.approx(0.75 * (0.3 + 0.6 + 0.7) / 3)
-    assert agg["average"]["ci_low"] <= agg["average"]["mean"] <= agg["average"]["ci_high"]
-    with pytest.raises(ValueError):
-        aggregate_seeds([])
+def test_improvement_is_rliables_probability_of_improvement_ties_included():
+    rng = np.random.default_rng(1)
+    for nx, ny, tasks in [(3, 3, 4), (2, 5, 1), (4, 3, 3)]:
+        x = rng.integers(0, 3, (nx, tasks)).astype(float)  # small integers: many ties
+        y = rng.integers(0, 3, (ny, tasks)).astype(float)
+        assert aggregate.improvement(x, y) == pytest.approx(rlm.probability_of_improvement(x, y))
+        assert aggregate.improvement(x, x) == pytest.approx(0.5) == rlm.probability_of_improvement(x, x)
+
+
+# Three seeds that differ task by task but have the same mean over tasks (0.5 each): a percentile bootstrap of
+# the seeds' means can only give [0.5, 0.5]; the stratified bootstrap resamples the seeds within every task.
+ANTI = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+
+
+def test_estimates_are_rliables_stratified_bootstrap_not_clamped_to_the_seeds_means():
+    est = aggregate.estimates({"g": ANTI})["g"]
+    assert est["n"] == 3 and est["tasks"] == 4 and est["mean"] == pytest.approx(0.5)
+    assert est["ci_low"] < 0.45 and est["ci_high"] > 0.55  # wider than [min, max] of the seeds' means
+    np.random.seed(aggregate.SEED)  # rliable draws from numpy's global RNG
+    point, cis = rly.get_interval_estimates(
+        {"g": ANTI},
+        lambda s: np.array([rlm.aggregate_iqm(s), rlm.aggregate_mean(s)]),
+        reps=aggregate.REPS,
+        confidence_interval_size=aggregate.CONFIDENCE,
+    )
+    assert [est["iqm"], est["mean"]] == pytest.approx(point["g"])
+    assert [est["iqm_ci_low"], est["ci_low"]] == pytest.approx(cis["g"][0])
+    assert [est["iqm_ci_high"], est["ci_high"]] == pytest.approx(cis["g"][1])
+
+
+def test_estimates_batch_matrices_deterministically_and_leave_the_global_rng_alone():
+    matrices = {"a": ANTI, "b": ANTI[:, :1], "c": ANTI[:2], "one": ANTI[:1], "none": np.zeros((0, 0))}
+    np.random.seed(123)
+    before = np.random.random()
+    np.random.seed(123)
+    first = aggregate.estimates(matrices)
+    assert np.random.random() == before
+    assert aggregate.estimates(matrices) == first
+    # batched with others, a matrix's interval is the one of its own call up to the random draws
+    alone = aggregate.estimates({"a": ANTI})["a"]
+    assert first["a"]["ci_low"] == pytest.approx(alone["ci_low"], abs=0.05)
+    assert first["a"]["iqm_ci_high"] == pytest.approx(alone["iqm_ci_high"], abs=0.05)
+    assert first["b"]["ci_low"] >= 0.0 and first["b"]["ci_high"] <= 1.0  # one task: within the seeds' range
+    one = first["one"]  # one seed: a value, no interval
+    assert one["n"] == 1 and one["mean"] == 0.5 and one["ci_low"] is None and one["iqm_ci_high"] is None
+    assert first["none"]["n"] == 0 and first["none"]["mean"] is None
+    assert aggregate.fmt_stats(first["one"]) == "0.500 n=1"
+    assert aggregate.fmt_stats(first["a"], "iqm").endswith(" n=3") and " [" in aggregate.fmt_stats(first["a"])
+
+
+def test_score_matrix_leaves_out_runs_without_a_value():
+    assert aggregate.score_matrix([[0.1, 0.2], None, [0.3, None], [0.5, 0.6]]).tolist() == [[0.1, 0.2], [0.5, 0.6]]
+    assert aggregate.score_matrix([0.4, None, 0.7]).tolist() == [[0.4], [0.7]]
+    assert aggregate.score_matrix([None]).size == 0
+    with pytest.raises(ValueError, match="same number of task scores"):
+        aggregate.score_matrix([[0.1, 0.2], [0.3]])
+
+
+def test_probability_of_improvement_of_a_clearly_better_group_and_as_rliable_bootstraps_it():
+    rng = np.random.default_rng(2)
+    good, bad = 0.8 + 0.1 * rng.random((3, 4)), 0.2 + 0.1 * rng.random((3, 4))
+    pairs = {(p["x"], p["y"]): p for p in aggregate.probability_of_improvement({"good": good, "bad": bad})}
+    assert pairs["good", "bad"]["p"] == 1.0 and pairs["good", "bad"]["ci_low"] == 1.0
+    assert pairs["bad", "good"]["p"] == 0.0 and pairs["bad", "good"]["n_x"] == 3
+    close = good[::-1] + 0.05 * rng.standard_normal((3, 4))  # overlapping: an interval around 0.5
+    ours = aggregate.probability_of_improvement({"x": close, "y": good}, reps=300)[0]
+    np.random.seed(aggregate.SEED)
+    point, cis = rly.get_interval_estimates({"xy": (close, good)}, rlm.probability_of_improvement, reps=300)
+    assert ours["p"] == pytest.approx(point["xy"]) and [ours["ci_low"], ours["ci_high"]] == pytest.approx(
+        cis["xy"].ravel()
+    )
+    assert ours["ci_low"] < ours["p"] < ours["ci_high"]
+    with pytest.raises(ValueError, match="same tasks"):
+        aggregate.probability_of_improvement({"x": good, "y": bad[:, :2]})
 
 
 def test_stability_gap_of_a_loss_that_rises_then_recovers():
