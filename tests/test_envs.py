@@ -1,9 +1,13 @@
 """The env registry: every family builds through one make_env(spec), with clear errors."""
 
+import ctypes
+import functools
+import os
+
 import numpy as np
 import pytest
 
-from envs.registry import check_env_spec, make_env
+from envs.registry import _choose_gl_backend, check_env_spec, make_env
 from envs.spec import EnvSpec
 from retain.errors import ConfigError
 
@@ -34,23 +38,61 @@ def test_metaworld_state_env():
     env.close()
 
 
-def _can_render() -> bool:
-    try:
-        env = make_env(EnvSpec(id="Meta-World/MT1", kwargs={"env_name": "reach-v3"}, pixels=64))()
-        env.reset(seed=0)
-        env.close()
-        return True
-    except Exception:  # no EGL device and no OSMesa library: nothing to render with here
-        return False
+# What MuJoCo's EGL backend raises when it cannot render headless here (mujoco/egl/__init__.py, egl_ext.py): an
+# EGL without devices (no GPU and no Mesa software device) or without the device extensions.
+NO_EGL_DEVICE = (
+    "Cannot initialize a EGL device display",
+    "eglQueryDevicesEXT is not available",
+    "eglGetPlatformDisplayEXT is not available",
+)
+
+
+def _loadable(library: str) -> bool:
+    """Whether PyOpenGL can load lib<library>: it tries lib<library>.so, then .so.9 down to .so.0."""
+    for name in [f"lib{library}.so", *(f"lib{library}.so.{i}" for i in range(9, -1, -1))]:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+@functools.cache
+def _no_offscreen_gl() -> str | None:
+    """Why MuJoCo cannot render offscreen on this machine, or None when it can.
+
+    Only a missing GL library or an EGL without a device counts; any other error is raised, so that a broken
+    setup fails the tests instead of skipping them.
+    """
+    _choose_gl_backend()  # the backend make_env uses: MUJOCO_GL as set (tests default it to egl), else by device
+    backend = os.environ["MUJOCO_GL"]
+    library, package = {"egl": ("EGL", "libegl1"), "osmesa": ("OSMesa", "libosmesa6")}.get(backend, (None, None))
+    # PyOpenGL does not raise for a missing library: it fails later with an AttributeError on None.
+    if library and not _loadable(library):
+        return f"MUJOCO_GL={backend}, but lib{library}.so is not installed (Debian: apt-get install {package})"
+    if backend == "egl":
+        try:
+            from mujoco.egl import GLContext
+
+            GLContext(64, 64).free()
+        except ImportError as e:
+            if not str(e).startswith(NO_EGL_DEVICE):
+                raise
+            return f"MUJOCO_GL=egl, but EGL has no device to render on ({e}); MUJOCO_GL=osmesa renders on the CPU"
+    return None
 
 
 @pytest.mark.parametrize("size", [64, 84])
 def test_metaworld_pixels(size):
-    if not _can_render():
-        pytest.skip("no MuJoCo GL backend (EGL needs a GPU; install libosmesa6 for OSMesa)")
+    reason = _no_offscreen_gl()
+    if reason:
+        pytest.skip(reason)
     env = make_env(EnvSpec(id="Meta-World/MT1", kwargs={"env_name": "reach-v3"}, pixels=size))()
     obs, _ = env.reset(seed=0)
     assert obs.shape == (size, size, 3) and obs.dtype == np.uint8 and obs.std() > 0
+    obs, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and obs.std() > 0
     env.close()
 
 
