@@ -76,8 +76,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from pretrain.cpt.corpora import write_corpus
 from pretrain.cpt.data import MixtureSampler, TokenDataset, tokenize_source
-from pretrain.cpt.model import ModelConfig, load_model, train_tokenizer
-from pretrain.cpt.schedules import ScheduleConfig
+from pretrain.cpt.model import ModelConfig, llama_config, load_model, train_tokenizer
 from pretrain.cpt.trainer import (
     CptEvalConfig,
     StageConfig,
@@ -89,6 +88,7 @@ from pretrain.cpt.trainer import (
 )
 from retain.seeding import derive_seed
 from retain.tracking import Tracker
+from retain.training.schedules import ScheduleConfig
 
 PARTS = ("data", "forward", "loss", "backward", "clip", "optimizer")
 LR, SEED = 3e-4, 0
@@ -185,17 +185,7 @@ def install_hooks() -> None:
 def build_model(args, tokenizer, timed: bool = True):
     """The random-init Llama (seed 0: the same weights every time); ``timed`` wraps its forward (not for
     torch.compile, which would have to trace the wrapper)."""
-    cfg = ModelConfig(
-        config={
-            "model_type": "llama",
-            "hidden_size": args.hidden,
-            "intermediate_size": 3 * args.hidden,
-            "num_hidden_layers": args.layers,
-            "num_attention_heads": max(1, args.hidden // 32),
-            "num_key_value_heads": max(1, args.hidden // 32),
-            "max_position_embeddings": max(512, args.seq_len),
-        }
-    )
+    cfg = ModelConfig(config=llama_config(args.hidden, args.layers, max_positions=max(512, args.seq_len)))
     model = load_model(cfg, tokenizer, seed=SEED)
     if timed:
         model.forward = CLOCK.wrap("forward", CLOCK.probe_autocast(model.forward))

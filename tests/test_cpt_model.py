@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pretrain.cpt.corpora import write_corpus
-from pretrain.cpt.model import ModelConfig, load_model, load_tokenizer, train_tokenizer
+from pretrain.cpt.model import ModelConfig, llama_config, load_model, load_tokenizer, train_tokenizer
 from retain.errors import ConfigError
 
 
@@ -23,16 +23,7 @@ def test_trained_tokenizer_round_trips_text(tokenizer):
 
 
 def test_random_init_model_is_seeded_and_fits_the_tokenizer(tokenizer):
-    cfg = ModelConfig(
-        config={
-            "model_type": "llama",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-        }
-    )
+    cfg = ModelConfig(config=llama_config(32, layers=1, heads=2, intermediate_size=64, max_positions=2048))
     a, b = load_model(cfg, tokenizer, seed=3), load_model(cfg, tokenizer, seed=3)
     assert a.config.vocab_size == len(tokenizer)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -1,7 +1,7 @@
 """The continual-pretraining trainer core (`pretrain/cpt/trainer.py`).
 
-A tiny corpus (synthetic bios and a few Shakespeare plays, or generated text when the plays are not
-installed) is tokenized with a tiny BPE tokenizer; a one-layer llama trains through two stages (A, then B
+A tiny corpus (synthetic bios and two Shakespeare plays from the ``shakespeare`` package that ``make install``
+installs) is tokenized with a tiny BPE tokenizer; a one-layer llama trains through two stages (A, then B
 with replay of A). Checked: the loss falls in stage 0, R is 2x2 and feeds continual_metrics, the schedule
 re-warms at stage 1, inherit.optimizer=False starts from an empty optimizer, a run stopped mid-stage and
 resumed ends with bit-identical weights, R and metrics, and every logged metric has an allowed prefix.
@@ -10,17 +10,15 @@ resumed ends with bit-identical weights, R and metrics, and every logged metric 
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from pretrain.cpt import trainer as trainer_mod
-from pretrain.cpt.corpora import write_corpus
+from pretrain.cpt.corpora import shakespeare_plays, write_corpus
 from pretrain.cpt.data import TokenDataset, tokenize_source
-from pretrain.cpt.model import ModelConfig, load_model, train_tokenizer
-from pretrain.cpt.schedules import ScheduleConfig
+from pretrain.cpt.model import ModelConfig, llama_config, load_model, train_tokenizer
 from pretrain.cpt.trainer import (
     CptEvalConfig,
     InheritConfig,
@@ -32,37 +30,29 @@ from pretrain.cpt.trainer import (
     use_bf16,
 )
 from retain.checkpoint import load_checkpoint
-from retain.errors import ConfigError, TrainingDiverged
+from retain.errors import ConfigError, DatasetError, TrainingDiverged
 from retain.metrics import continual_metrics
 from retain.tracking import PREFIXES, Tracker, read_metrics
+from retain.training.schedules import ScheduleConfig
 
 TRAIN = TrainConfig(seq_len=32, batch_size=4, grad_accum=2, clip=1.0, weight_decay=0.1, checkpoint_every=7)
 TOKENS_PER_STEP = 32 * 4 * 2
 EVAL = CptEvalConfig(dense_every=2, dense_until_fraction=0.2, sparse_every=10, val_batches=2)
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
+TINY_LLAMA = llama_config(32, layers=1, heads=2, intermediate_size=64, max_positions=64)
 
 
 def _text_source(folder: Path) -> Path:
-    """A few Shakespeare plays, or generated sentences when the package is missing."""
-    out = folder / "plays.txt"
-    try:
-        from pretrain.cpt.corpora import shakespeare_plays
+    """The first 60,000 characters of two Shakespeare plays (the ``shakespeare`` package), in one file.
 
-        plays = shakespeare_plays()[:2]
-        text = "\n\n".join(p.read_text(encoding="utf-8")[:60_000] for p in plays)
-    except Exception:  # DatasetError when not installed: generated text serves the same purpose
-        rng = random.Random(0)
-        words = ["thou", "art", "the", "king", "of", "night", "and", "day", "my", "lord", "doth"]
-        text = "\n\n".join(" ".join(rng.choices(words, k=40)) for _ in range(400))
-    out.write_text(text, encoding="utf-8")
+    No stand-in text: without the package these tests would measure another corpus, so they fail instead.
+    """
+    try:
+        plays = shakespeare_plays()
+    except DatasetError as e:
+        pytest.fail(f"{e}. These tests train on two of its plays, with no stand-in text", pytrace=False)
+    assert len(plays) >= 2, f"the shakespeare package holds {len(plays)} plays (*_gut.txt), these tests need 2"
+    out = folder / "plays.txt"
+    out.write_text("\n\n".join(p.read_text(encoding="utf-8")[:60_000] for p in plays[:2]), encoding="utf-8")
     return out
 
 

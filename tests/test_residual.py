@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from finetune.residual import merge_residual
-from pretrain.cpt.model import train_tokenizer
+from pretrain.cpt.model import llama_config, train_tokenizer
 from retain.errors import ConfigError
 from tests.conftest import error_lines
 
@@ -23,10 +23,9 @@ def tokenizer(tmp_path_factory):
 
 def save_model(folder, tokenizer, seed, noise_of=None, dtype=torch.float32, with_tokenizer=True, shard=None, **config):
     """A tiny Llama saved to ``folder``: random init with ``seed``, or ``noise_of``'s weights plus noise."""
-    kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    kwargs.update(num_key_value_heads=2, vocab_size=len(tokenizer), **config)
+    kwargs = llama_config(32, layers=2, heads=2, intermediate_size=64, max_positions=2048, vocab_size=len(tokenizer))
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**kwargs))
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**kwargs, **config}))
     if noise_of is not None:
         model.load_state_dict(AutoModelForCausalLM.from_pretrained(noise_of).state_dict())
         with torch.no_grad():

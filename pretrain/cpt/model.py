@@ -14,23 +14,41 @@ from typing import Any
 from retain.errors import ConfigError
 
 
+def llama_config(
+    hidden_size: int = 128,
+    layers: int = 4,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    max_positions: int = 512,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The transformers config dict (``model_type: llama``) of a randomly initialised Llama, for ``ModelConfig.config``.
+
+    ``heads`` defaults to one per 32 dims of width, ``kv_heads`` to ``heads`` (no grouped-query attention),
+    ``intermediate_size`` to 3x the width; ``extra`` adds any other Llama config key (``vocab_size``,
+    ``tie_word_embeddings``, ...). The defaults are the offline default model (``configs/model/tiny_llama.yaml``).
+    """
+    heads = heads or max(1, hidden_size // 32)
+    return {
+        "model_type": "llama",
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size or 3 * hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads or heads,
+        "max_position_embeddings": max_positions,
+        **extra,
+    }
+
+
 @dataclass
 class ModelConfig:
     """Which language model to train, and its tokenizer."""
 
     name_or_path: str | None = None
     """a local folder or hub name of a pretrained causal LM; None builds one from `config` (random init)"""
-    config: dict[str, Any] = field(
-        default_factory=lambda: {
-            "model_type": "llama",
-            "hidden_size": 128,
-            "intermediate_size": 384,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 512,
-        }
-    )
+    config: dict[str, Any] = field(default_factory=llama_config)
     """transformers config keys of a randomly initialised model (model_type picks the architecture)"""
     tokenizer: str | None = None
     """a local folder or hub name of a tokenizer; None uses name_or_path's, or trains a BPE tokenizer on the data"""
