@@ -14,8 +14,8 @@ it once, and the check says so). ``out`` gets the target's config and generation
 tokenizer (else the instruct's) and ``residual.json`` with the inputs, α and per-tensor norms; it is
 written in a temporary sibling folder and renamed into place, so a failure leaves nothing behind.
 
-``retain residual demo=true`` runs a small offline experiment that shows the effect
-(``finetune/residual_demo.py``).
+The ``retain residual`` job (``finetune/residual_job.py``) runs this merge, or with ``demo=true`` a small
+offline experiment that shows the effect (``finetune/residual_demo.py``).
 """
 
 from __future__ import annotations
@@ -23,17 +23,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
-
-from retain.config import RunConfig
 from retain.errors import ConfigError
 from retain.io import atomic_path
-from retain.rundir import prepare_run_dir, write_summary
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -57,62 +51,6 @@ BENIGN_FIELDS = {
     "initializer_range",
 }
 SAME_MODEL = "base must be the model instruct was tuned from, and target a continued pretraining of base"
-
-
-@dataclass
-class DemoConfig:
-    """The demo experiment (``demo=true``): sizes and budgets of a tiny Llama on 2 CPU cores."""
-
-    people: int = 120
-    """fictional people whose facts the base model reads and the instruct model is tuned on (set A)"""
-    new_people: int = 60
-    """other people, only in the continued pretraining of the target (set B), asked about at the end"""
-    paraphrases: int = 4
-    """biographies per person, each in other words"""
-    plays: int = 6
-    """Shakespeare plays in the base model's pretraining (general text)"""
-    vocab_size: int = 2048
-    """BPE vocabulary trained on the demo's text"""
-    hidden_size: int = 128
-    """model width (Llama; intermediate size 3x, 4 heads)"""
-    layers: int = 4
-    """transformer blocks"""
-    seq_len: int = 128
-    """tokens per training window"""
-    batch_size: int = 16
-    """windows per update"""
-    base_steps: int = 600
-    """updates of the base model (biographies of A and Shakespeare, from scratch)"""
-    instruct_steps: int = 150
-    """updates of instruction tuning (QA pairs about A, biographies of A replayed)"""
-    target_steps: int = 300
-    """updates of continued pretraining on biographies of B (no QA data)"""
-    lr: float = 2.0e-3
-    """peak learning rate of pretraining and continued pretraining"""
-    instruct_lr: float = 1.0e-3
-    """peak learning rate of instruction tuning"""
-
-
-@dataclass
-class ResidualJobConfig(RunConfig):
-    """``retain residual``: target + α·(instruct − base) as a loadable model, or the demo."""
-
-    base: str | None = None
-    """the model instruct was tuned from (a transformers folder with safetensors weights)"""
-    instruct: str | None = None
-    """the instruction-tuned model"""
-    target: str | None = None
-    """the model to give instruction following back to: base after continued pretraining"""
-    out: str | None = None
-    """where the merged model goes (null: <run_dir>/model)"""
-    alpha: float = 1.0
-    """scale α of the residual (0: the target unchanged)"""
-    overwrite: bool = False
-    """replace an existing non-empty out folder"""
-    demo: bool = False
-    """run the demo experiment instead of merging given models"""
-    demo_cfg: DemoConfig = field(default_factory=DemoConfig)
-    """sizes and budgets of the demo"""
 
 
 # --- reading checkpoints -------------------------------------------------------------------------
@@ -301,35 +239,3 @@ def merge_residual(
         }
         (tmp / "residual.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-def run_residual(cfg: DictConfig) -> dict:
-    """Merge ``cfg.base``/``instruct``/``target`` into ``cfg.out`` (or run the demo); summary in ``cfg.run_dir``."""
-    if cfg.demo:
-        from finetune.residual_demo import run_demo
-
-        return run_demo(cfg)
-    started = time.perf_counter()
-    given = {role: cfg[role] for role in ("base", "instruct", "target")}
-    if None in given.values():
-        missing = ", ".join(f"{role}=" for role, path in given.items() if path is None)
-        raise ConfigError(
-            f"retain residual needs base=, instruct= and target= (missing {missing})",
-            "pass three model folders, or demo=true for the demo experiment",
-        )
-    out = Path(cfg.out or Path(cfg.run_dir) / "model").expanduser().resolve()
-    # All checks before the run directory is made, so a refused merge leaves nothing behind.
-    check_inputs(*(Path(p).expanduser().resolve() for p in given.values()), out, cfg.alpha, cfg.overwrite)
-    run_dir = prepare_run_dir(cfg)
-    record = merge_residual(**given, out=out, alpha=cfg.alpha, overwrite=cfg.overwrite, progress=cfg.progress)
-    summary = {
-        "job": "residual",
-        "out": str(out),
-        "alpha": cfg.alpha,
-        "tensors": len(record["tensors"]),
-        **record["total"],
-        "wall_time_s": time.perf_counter() - started,
-    }
-    write_summary(run_dir, summary)
-    print(f"residual: {out}")
-    return summary

@@ -22,13 +22,13 @@ import copy
 import re
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.residual import DemoConfig, merge_residual
+from finetune.residual import merge_residual
 from pretrain.cpt.corpora import (
     CITIES,
     EMPLOYERS,
@@ -42,8 +42,7 @@ from pretrain.cpt.corpora import (
     shakespeare_plays,
 )
 from pretrain.cpt.data import TokenDataset, tokenize_source
-from pretrain.cpt.model import ModelConfig, load_model, train_tokenizer
-from pretrain.cpt.schedules import ScheduleConfig
+from pretrain.cpt.model import ModelConfig, llama_config, load_model, train_tokenizer
 from pretrain.cpt.trainer import (
     CptEvalConfig,
     InheritConfig,
@@ -58,12 +57,47 @@ from retain.io import atomic_path, write_json_atomic, write_text_atomic
 from retain.rundir import prepare_run_dir, write_summary
 from retain.seeding import derive_seed
 from retain.tracking import Tracker
+from retain.training.schedules import ScheduleConfig
 
 MODELS = ("base", "instruct", "target", "merged")
 VALUES = {"birth_city": CITIES, "university": UNIVERSITIES, "major": MAJORS, "employer": EMPLOYERS}
 DATE = re.compile(rf"^({'|'.join(MONTHS)}) \d{{1,2}}, \d{{4}}$")
 # Accuracy of answering with a uniformly drawn valid value (a date is practically never guessed).
 GUESSING = sum(1 / len(v) for v in VALUES.values()) / len(TEMPLATES)
+
+
+@dataclass
+class DemoConfig:
+    """The demo experiment (``demo=true``): sizes and budgets of a tiny Llama on 2 CPU cores."""
+
+    people: int = 120
+    """fictional people whose facts the base model reads and the instruct model is tuned on (set A)"""
+    new_people: int = 60
+    """other people, only in the continued pretraining of the target (set B), asked about at the end"""
+    paraphrases: int = 4
+    """biographies per person, each in other words"""
+    plays: int = 6
+    """Shakespeare plays in the base model's pretraining (general text)"""
+    vocab_size: int = 2048
+    """BPE vocabulary trained on the demo's text"""
+    hidden_size: int = 128
+    """model width (Llama; intermediate size 3x, 4 heads)"""
+    layers: int = 4
+    """transformer blocks"""
+    seq_len: int = 128
+    """tokens per training window"""
+    batch_size: int = 16
+    """windows per update"""
+    base_steps: int = 600
+    """updates of the base model (biographies of A and Shakespeare, from scratch)"""
+    instruct_steps: int = 150
+    """updates of instruction tuning (QA pairs about A, biographies of A replayed)"""
+    target_steps: int = 300
+    """updates of continued pretraining on biographies of B (no QA data)"""
+    lr: float = 2.0e-3
+    """peak learning rate of pretraining and continued pretraining"""
+    instruct_lr: float = 1.0e-3
+    """peak learning rate of instruction tuning"""
 
 
 def qa_prompt(question: str) -> str:
@@ -175,17 +209,7 @@ def run_demo(cfg: DictConfig) -> dict:
         n: TokenDataset(tokenize_source(data / f"{n}.txt", tokenizer, data / "tokens" / n, 0.05, seed=cfg.seed))
         for n in names
     }
-    model_cfg = ModelConfig(
-        config={
-            "model_type": "llama",
-            "hidden_size": d.hidden_size,
-            "intermediate_size": 3 * d.hidden_size,
-            "num_hidden_layers": d.layers,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": max(256, d.seq_len),
-        }
-    )
+    model_cfg = ModelConfig(config=llama_config(d.hidden_size, d.layers, heads=4, max_positions=max(256, d.seq_len)))
     train = TrainConfig(seq_len=d.seq_len, batch_size=d.batch_size, checkpoint_every=100, log_every=10)
     quiet = CptEvalConfig(dense_every=0, sparse_every=0, val_batches=2)  # only stage-end losses: time goes to training
 

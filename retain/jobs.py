@@ -44,8 +44,8 @@ JOBS: dict[str, Job] = {
         "continual pretraining of a language model over stages; forgetting per text domain",
     ),
     "residual": Job(
-        "finetune.residual:run_residual",
-        "finetune.residual:ResidualJobConfig",
+        "finetune.residual_job:run_residual",
+        "finetune.residual_job:ResidualJobConfig",
         "add an instruction residual: target + alpha*(instruct - base) as a model folder (demo=true: the demo)",
     ),
     "data": Job(
