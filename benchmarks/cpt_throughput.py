@@ -82,12 +82,11 @@ from pretrain.cpt.trainer import (
     StageConfig,
     TrainConfig,
     _optimizer,
-    native_cpu_bf16,
     train_stages,
-    use_bf16,
 )
 from retain.seeding import derive_seed
 from retain.tracking import Tracker
+from retain.training.precision import native_cpu_bf16, use_bf16
 from retain.training.schedules import ScheduleConfig
 
 PARTS = ("data", "forward", "loss", "backward", "clip", "optimizer")

@@ -38,15 +38,16 @@ class EvalResult:
             return value
         raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
 
-    def as_metrics(self, prefix: str, spec: EnvSpec | None = None) -> dict[str, float]:
+    def metrics(self, spec: EnvSpec | None = None) -> dict[str, float]:
+        """success, return, length (and normalized_return with reference scores), averaged over episodes."""
         metrics = {
-            f"{prefix}/success": float(self.successes.mean()),
-            f"{prefix}/return": float(self.returns.mean()),
-            f"{prefix}/length": float(self.lengths.mean()),
+            "success": float(self.successes.mean()),
+            "return": float(self.returns.mean()),
+            "length": float(self.lengths.mean()),
         }
         normalized = self.normalized_return(spec) if spec is not None else None
         if normalized is not None:
-            metrics[f"{prefix}/normalized_return"] = normalized
+            metrics["normalized_return"] = normalized
         return metrics
 
 
@@ -175,18 +176,42 @@ class TaskEvaluator:
         self.venv.close()
 
 
-def evaluate_tasks(
-    predict: Callable[[int, np.ndarray], np.ndarray],
-    specs: list[EnvSpec],
-    episodes: int,
-    seeds: list[int],
-    n_envs: int = 16,
-    workers: int = 2,
-    same_policy: bool = False,
-) -> list[EvalResult]:
-    """One-off ``TaskEvaluator``: build the envs, evaluate every task, close."""
-    evaluator = TaskEvaluator(specs, episodes, n_envs, workers)
-    try:
-        return evaluator(predict, seeds, same_policy)
-    finally:
-        evaluator.close()
+class TaskSetEvaluator:
+    """Evaluates any subset of a fixed list of tasks with K episodes each, seeded per task.
+
+    Each task's envs are built once (Meta-World envs take ~0.5 s each) and reseeded at every evaluation
+    (task j's env i with ``seeds[j] + i``), so a deterministic policy always gets the same result. With
+    ``workers > 1`` an evaluation of every task steps all of them at once in that many processes
+    (``TaskEvaluator``); otherwise tasks are evaluated one after another in vectorized envs. Both give the
+    same numbers.
+    """
+
+    def __init__(self, specs: list[EnvSpec], episodes: int, seeds: list[int], n_envs: int = 16, workers: int = 1):
+        self.specs, self.episodes, self.seeds = specs, episodes, seeds
+        self.n_envs, self.workers = n_envs, workers
+        self._venvs: dict[int, VecEnv] = {}
+        self._all: TaskEvaluator | None = None
+
+    def __call__(
+        self, indices: list[int], predict: Callable[[int, np.ndarray], np.ndarray], same_policy: bool = False
+    ) -> dict[int, EvalResult]:
+        """``predict(j, obs)`` acts for task j's envs (batched observations → batched actions); with
+        ``same_policy`` one call acts for the envs of every task (``j = -1``)."""
+        if self.workers > 1 and len(indices) == len(self.specs):
+            if self._all is None:
+                self._all = TaskEvaluator(self.specs, self.episodes, self.n_envs, self.workers)
+            return dict(zip(indices, self._all(predict, [self.seeds[j] for j in indices], same_policy)))
+        out = {}
+        for j in indices:
+            if j not in self._venvs:
+                self._venvs[j] = eval_vec_env(self.specs[j], self.episodes, self.n_envs)
+            out[j] = evaluate(
+                lambda obs, j=j: predict(j, obs), self.specs[j], self.episodes, self.seeds[j], venv=self._venvs[j]
+            )
+        return out
+
+    def close(self) -> None:
+        for venv in self._venvs.values():
+            venv.close()
+        if self._all is not None:
+            self._all.close()

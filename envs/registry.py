@@ -184,6 +184,10 @@ def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
         _register_family(spec.id)
         env = _make_raw(spec)
+        if spec.text_tokens:
+            from envs.text import TextTokens
+
+            env = TextTokens(env)
         if monitor:
             from stable_baselines3.common.monitor import Monitor
 

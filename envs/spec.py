@@ -26,6 +26,9 @@ class EnvSpec:
     """zero-pad flat observations to this many dims (tasks of a sequence then share a space, as in L2M)"""
     pad_action_to: int | None = None
     """accept actions of this many dims and pass the env the dims it has"""
+    text_tokens: bool = False
+    """encode text observations (BabyAI missions) as hashed word ids (envs.text), so vectorized envs and
+    networks can take them; offline learners set it for their evaluation envs"""
     ref_min_score: float | None = None
     """return of a random policy (D4RL's normalization; envs.d4rl.REF_SCORES has MuJoCo's)"""
     ref_max_score: float | None = None
@@ -41,6 +44,9 @@ class TaskConfig:
     env: EnvSpec = field(default_factory=EnvSpec)
     steps: int | None = None
     """environment steps to train on this task; None uses the sequence's steps_per_task"""
+    dataset: str | None = None
+    """offline learners: the dataset to train on (a dataset id, a dataset folder or a D4RL-layout .hdf5 file);
+    None: the one `retain collect sequence=<sequence>` writes for this task"""
 
 
 @dataclass

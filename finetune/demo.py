@@ -13,10 +13,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.methods import MethodConfig
 from finetune.sequence import SequenceJobConfig, run_sequence
 from retain.aggregate import describe, fmt_stats
 from retain.config import to_container
@@ -30,7 +30,7 @@ from retain.tracking import Tracker
 class DemoJobConfig(SequenceJobConfig):
     """``retain demo``: the sequence job's keys, plus the methods to compare."""
 
-    methods: dict[str, MethodConfig] = field(default_factory=dict)
+    methods: dict[str, Any] = field(default_factory=dict)
     """the methods to run, by name (each one is a method/ config)"""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """each method runs once per seed; the report aggregates seeds with rliable (IQM, mean, 95% CIs)"""

@@ -138,3 +138,41 @@ def check_shapes(expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tens
                 f"checkpoint {where} does not fit this model: {name} has shape {tuple(loaded[name].shape)}, the model expects {tuple(tensor.shape)}",
                 "the task's observation/action spaces or the network sizes differ from the run that saved it",
             )
+
+
+def load_latest(
+    root: str | Path,
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The newest *intact* checkpoint under ``root`` as ``(path, weights, state, meta, arrays)``; None if there
+    is none at all.
+
+    A damaged newest checkpoint (a truncated file, a corrupt pointer) is skipped with a warning on stderr for
+    the previous one (``save_checkpoint`` keeps two); CheckpointError when every checkpoint is damaged.
+    """
+    root = Path(root)
+    candidates = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    try:
+        pointed = latest_checkpoint(root)
+    except CheckpointError as e:
+        pointed = None
+        if candidates:
+            print(f"retain: warning: {e.problem}; looking for an intact checkpoint", file=sys.stderr)
+    if pointed is not None:
+        candidates = [pointed] + [p for p in candidates if p != pointed and p.name < pointed.name]
+    if not candidates:
+        return None
+    problems = []
+    for path in candidates:
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as e:
+            problems.append(e.problem)
+            continue
+        if problems:
+            print(f"retain: warning: {problems[0]}; resuming from the intact checkpoint {path.name}", file=sys.stderr)
+        return (path, *loaded)
+    raise CheckpointError(
+        f"no intact checkpoint under {root}: {problems[0]}"
+        + (f" (and {len(problems) - 1} older one(s) damaged too)" if len(problems) > 1 else ""),
+        "start the run again with resume=false (or a new run_dir)",
+    )

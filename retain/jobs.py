@@ -31,7 +31,7 @@ JOBS: dict[str, Job] = {
     "sequence": Job(
         "finetune.sequence:run_sequence",
         "finetune.sequence:SequenceJobConfig",
-        "online continual RL over a task sequence with SB3; fills the results matrix",
+        "continual learning over a task sequence (online RL with SB3, or offline from datasets); fills R",
     ),
     "collect": Job(
         "envs.collect:run_collect",

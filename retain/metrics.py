@@ -128,3 +128,35 @@ def stability_gap(steps: Sequence[int], scores: Sequence[float], start: float, h
     worst = int(np.argmax(worse))
     recovery = next((int(steps[k]) for k in range(worst + 1, len(worse)) if worse[k] <= 0), None)
     return {"depth": float(worse[worst]), "worst_step": int(steps[worst]), "recovery_step": recovery, "end": end}
+
+
+def retention_metrics(rows, initial=None, higher_is_better: bool = True) -> dict:
+    """How an extra evaluation set (e.g. the pretraining tasks, L2M's retention) fared over the sequence.
+
+    ``rows`` is T×K: row i the K scores after task i; ``initial`` the K scores before the sequence. Returns
+    ``average`` (mean final score), ``initial_average``, ``forgetting`` = mean_k (initial_k − final_k) and
+    ``max_forgetting`` = mean_k max_i (initial_k − rows[i][k]) — oriented so positive means worse, None
+    without ``initial`` — and ``per_task`` lists. The same differences ``continual_metrics`` takes, measured
+    against the start of the sequence because these tasks are never trained in it.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[0] < 1:
+        raise ValueError(f"retention needs a T×K matrix with T >= 1, got shape {rows.shape}")
+    sign = 1.0 if higher_is_better else -1.0
+    final = rows[-1]
+    out = {
+        "average": float(final.mean()),
+        "initial_average": None,
+        "forgetting": None,
+        "max_forgetting": None,
+        "per_task": {"final": final.tolist(), "initial": None, "forgetting": None},
+    }
+    if initial is not None:
+        initial = _as_initial(initial, rows.shape[1])
+        drop = sign * (initial - final)
+        worst = np.max(sign * (initial[None, :] - rows), axis=0)
+        out.update(
+            initial_average=float(initial.mean()), forgetting=float(drop.mean()), max_forgetting=float(worst.mean())
+        )
+        out["per_task"].update(initial=initial.tolist(), forgetting=drop.tolist())
+    return out

@@ -201,39 +201,14 @@ def _matrix_table(res: dict) -> list[str]:
     return lines
 
 
-def _cpt_config_lines(run: dict) -> list[str]:
-    cfg, summary = run["config"], run["summary"]
-    model = cfg.get("model", {})
-    arch = model.get("config") or {}
-    built = f"random init {arch.get('model_type', '?')} ({arch.get('num_hidden_layers', '?')} layers, width {arch.get('hidden_size', '?')})"
-    lines = [f"- model: `{model.get('name_or_path') or built}`"]
-    for stage in cfg.get("stages", []):
-        replay = f", replay {json.dumps(stage.get('replay'))}" if stage.get("replay") else ""
-        own = stage.get("schedule")
-        lines.append(
-            f"- stage `{stage.get('name')}`: {stage.get('tokens')} tokens of {json.dumps(stage.get('mix'))}{replay}, "
-            f"lr {stage.get('lr')}" + (f", schedule `{json.dumps(own)}`" if own else "")
-        )
-    lines += [
-        f"- schedule (stages without their own): `{json.dumps(cfg.get('schedule'))}`",
-        f"- seed: {cfg.get('seed', '?')}; updates: {summary.get('steps', '?')}; wall time: {_fmt(summary.get('wall_time_s'), 1)} s",
-    ]
-    return lines
-
-
 def _config_lines(run: dict) -> list[str]:
+    """What was run: the lines the job wrote (``summary.json``'s ``description``), then seed, steps, time."""
     cfg, summary = run["config"], run["summary"]
-    if summary.get("job") == "cpt":
-        return _cpt_config_lines(run)
-    agent = cfg.get("agent", {})
-    seq = cfg.get("sequence", {})
-    lines = [
-        f"- sequence: `{seq.get('name', '?')}` ({len(run['results']['tasks'])} tasks, metric `{run['results']['metric']}`)",
-        f"- method: `{cfg.get('method', {}).get('name', '?')}`; agent: `{agent.get('algo', '?')}` `{agent.get('policy', '')}` ×{agent.get('n_envs', '?')} envs",
-        f"- seed: {cfg.get('seed', '?')}; steps: {summary.get('steps', '?')}; wall time: {_fmt(summary.get('wall_time_s'), 1)} s",
-    ]
-    if "hyperparams" in agent:
-        lines.append(f"- hyper-parameters: `{json.dumps(agent['hyperparams'])}`")
+    lines = list(summary.get("description") or [])
+    lines.append(
+        f"- seed: {cfg.get('seed', '?')}; steps: {summary.get('steps', '?')}; "
+        f"wall time: {_fmt(summary.get('wall_time_s'), 1)} s"
+    )
     return lines
 
 

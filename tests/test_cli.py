@@ -25,10 +25,11 @@ def test_unknown_job(cli):
 
 def test_job_help_and_cfg_work_as_in_hydra(cli):
     helped = cli("sequence", "--help")
-    assert helped.returncode == 0 and "retain sequence: online continual RL" in helped.stdout
+    assert helped.returncode == 0 and "retain sequence: continual learning over a task sequence" in helped.stdout
     assert (
         "sequence: babyai4, cw10, cw20, dmc6, frozenlake_goals" in helped.stdout
-        and "method: finetune, reset" in helped.stdout
+        and "method: finetune, multitask, reset" in helped.stdout
+        and "learner: offline, sb3" in helped.stdout
     )
     shown = cli("sequence", "--cfg", "job", "seed=5")
     assert shown.returncode == 0 and "seed: 5" in shown.stdout

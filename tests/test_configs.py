@@ -12,11 +12,11 @@ from agents.sb3 import AgentConfig, build_model
 from envs.evaluation import make_vec_env
 from envs.registry import check_env_spec
 from envs.spec import EnvSpec
-from finetune.methods import make_method
 from finetune.sequence import build_tasks
 from retain.config import config_dir, load_config
 from retain.errors import ConfigError
 from retain.jobs import JOBS, register_job_schemas
+from retain.methods import make_method
 from retain.tracking import LoggerConfig, Tracker
 
 CONFIGS = config_dir()

@@ -13,13 +13,13 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig
 
 from pretrain.cpt.job import job_stages, run_cpt
-from pretrain.cpt.schedules import check_schedule
 from pretrain.cpt.trainer import stage_steps
 from retain.config import config_dir, load_config
 from retain.jobs import register_job_schemas
 from retain.metrics import continual_metrics
 from retain.report import compare_runs
 from retain.sweep_report import summary_lines, sweep_runs
+from retain.training.schedules import check_schedule
 from tests.test_cpt_job import TINY as CPT_TINY
 
 CONFIGS = config_dir()
@@ -205,4 +205,4 @@ def test_sweep_report_groups_seeds_of_a_setting(tmp_path):
     assert [r.name for r in sweep_runs(sweep)] == sorted(r.name for r in sweep.iterdir() if r.is_dir())
     compare_runs(sweep_runs(sweep), sweep)
     lines = summary_lines(sweep)
-    assert len(lines) == 2 and "cpt · replay=0.0: shakespeare forgetting 1.050 [" in lines[0] and "(n=2)" in lines[0]
+    assert len(lines) == 2 and "cpt · replay=0.0: shakespeare forgetting 1.050 [" in lines[0] and "n=2" in lines[0]

@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
-from pretrain.cpt.schedules import ScheduleConfig, build_scheduler, check_schedule, infinite_lr_factor, lr_at
 from retain.errors import ConfigError
+from retain.training.schedules import ScheduleConfig, build_scheduler, check_schedule, infinite_lr_factor, lr_at
 
 ETA = 3e-4  # η_max
 T = 100

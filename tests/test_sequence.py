@@ -10,10 +10,11 @@ import time
 import pytest
 import yaml
 
-from finetune.sequence import chunk_plan, run_sequence
+from finetune.sequence import run_sequence
 from retain.config import load_config
 from retain.errors import CheckpointError, UserError
 from retain.metrics import METRIC_KEYS
+from retain.runner import Schedule, task_plan
 from tests.conftest import RETAIN, TINY, error_lines
 
 
@@ -88,10 +89,13 @@ def test_reset_neither_forgets_nor_transfers(tmp_path):
     assert R[2][0] == R[0][0] and R[2][1] == R[1][1]  # each task keeps its own model
 
 
-def test_chunk_plan_uses_whole_iterations():
-    assert chunk_plan(10_000, 1024, 3) == [4096, 3072, 3072]
-    assert chunk_plan(100, 1024, 10) == [1024]
-    assert sum(chunk_plan(2048, 1024, 10)) == 2048
+def test_sb3_chunks_are_whole_iterations():
+    def ends(budget, granularity, chunks):
+        return [b.end for b in task_plan(budget, granularity, Schedule(chunks_per_task=chunks))]
+
+    assert ends(10_000, 1024, 3) == [4096, 7168, 10240]
+    assert ends(100, 1024, 10) == [1024]
+    assert ends(2048, 1024, 10) == [1024, 2048]
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path):
@@ -100,11 +104,19 @@ def test_resume_with_a_changed_config_is_refused(tmp_path):
         run(tmp_path, "a", "resume=true", "seed=3")
 
 
-def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_a_damaged_latest_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
     _, run_dir = run(tmp_path, "a")
-    latest = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["path"]
-    (run_dir / "checkpoints" / latest / "state.pt").write_bytes(b"truncated")
-    with pytest.raises(CheckpointError, match="state.pt"):
+    before = json.loads((run_dir / "results.json").read_text())
+    checkpoints = run_dir / "checkpoints"
+    latest = json.loads((checkpoints / "latest.json").read_text())["path"]
+    (checkpoints / latest / "state.pt").write_bytes(b"truncated")
+    run(tmp_path, "a", "resume=true")  # the last chunk again, from the intact checkpoint before it
+    assert "resuming from the intact checkpoint" in capsys.readouterr().err
+    after = json.loads((run_dir / "results.json").read_text())
+    assert after["matrix"] == before["matrix"] and after["initial"] == before["initial"]
+    for folder in checkpoints.glob("step_*"):  # every checkpoint damaged: one clear error
+        (folder / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
         run(tmp_path, "a", "resume=true")
 
 

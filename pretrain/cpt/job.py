@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,29 +26,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.cpt.corpora import TEMPLATES, shakespeare_plays, write_corpus
 from pretrain.cpt.data import TokenDataset, tokenize_source
-from pretrain.cpt.distributed import MODES, init_parallel, shutdown
 from pretrain.cpt.model import ModelConfig, load_model, load_tokenizer
-from pretrain.cpt.schedules import ScheduleConfig, check_schedule
 from pretrain.cpt.trainer import (
     PRE_ANNEAL,
     CptEvalConfig,
+    CptLearner,
     StageConfig,
     TrainConfig,
+    as_stage_results,
+    runner_schedule,
     stage_steps,
-    tracker_resume_offset,
-    train_stages,
-    use_bf16,
 )
 from retain.config import RunConfig, to_container
 from retain.device import resolve_device
 from retain.errors import ConfigError
 from retain.io import atomic_path
-from retain.metrics import continual_metrics
+from retain.methods import make_method
 from retain.paths import data_root
-from retain.report import write_report
-from retain.rundir import prepare_run_dir, write_results, write_summary
+from retain.rundir import prepare_run_dir
+from retain.runner import Runner, RunOutputs
 from retain.seeding import derive_seed
-from retain.tracking import Tracker
+from retain.training.distributed import MODES, init_parallel, shutdown
+from retain.training.precision import use_bf16
+from retain.training.schedules import ScheduleConfig, check_schedule
 
 
 @dataclass
@@ -87,6 +88,9 @@ class CptJobConfig(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: CptEvalConfig = field(default_factory=CptEvalConfig)
     bios: BiosConfig = field(default_factory=BiosConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
+    """the continual method over the stages (method/ group): finetune (stages in order, as CPT does) | reset |
+    multitask (stage i trains on the mixtures of stages 0..i merged)"""
     budget_scale: float = 1.0
     """multiplies every stage's token budget: a run or preset at a fraction of its cost (debug=fast: 0.02)"""
     parallel: str = "none"
@@ -208,22 +212,6 @@ def knowledge_probes(model, tokenizer, bios_dir: Path, n: int) -> float:
     return correct / max(len(chosen), 1)
 
 
-class _Silent:
-    """The tracker of data-parallel processes other than the main one: they log nothing."""
-
-    def log(self, metrics: dict, step: int) -> None:
-        pass
-
-    def offset(self) -> int:
-        return 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def _tokenize(cfg: DictConfig, paths: dict[str, Path], tokenizer) -> dict[str, TokenDataset]:
     sources = {}
     for name, path in paths.items():
@@ -241,6 +229,23 @@ def _tokenize(cfg: DictConfig, paths: dict[str, Path], tokenizer) -> dict[str, T
         )
         sources[name] = TokenDataset(out)
     return sources
+
+
+def describe(cfg: DictConfig) -> list[str]:
+    """The report's "What was run" lines: the model, every stage, the run's schedule and method."""
+    model = cfg.model
+    arch = model.config or {}
+    built = f"random init {arch.get('model_type', '?')} ({arch.get('num_hidden_layers', '?')} layers, width {arch.get('hidden_size', '?')})"
+    lines = [f"- model: `{model.name_or_path or built}`"]
+    for stage in job_stages(cfg):
+        replay = f", replay {json.dumps(stage.replay)}" if stage.replay else ""
+        lines.append(
+            f"- stage `{stage.name}`: {stage.tokens} tokens of {json.dumps(stage.mix)}{replay}, lr {stage.lr}, "
+            f"schedule `{stage.schedule.name}`"
+        )
+    lines.append(f"- schedule (stages without their own): `{json.dumps(to_container(cfg.schedule))}`")
+    lines.append(f"- method: `{cfg.method.name}`")
+    return lines
 
 
 def _summary_lines(summary: dict, result: dict, run_dir: Path) -> list[str]:
@@ -311,60 +316,43 @@ def _run(cfg: DictConfig, device: torch.device, parallel, started: float) -> dic
         def probe(m):
             return {"bios/knowledge_accuracy": knowledge_probes(m, tokenizer, bios.parent, cfg.bios.probes)}
 
-    offset = tracker_resume_offset(run_dir) if cfg.resume else None
-    tracker = Tracker(run_dir, cfg.logger, config=to_container(cfg), resume_offset=offset) if main else _Silent()
-    with tracker:
-        result = train_stages(
-            model,
-            sources,
-            stages,
-            OmegaConf.to_object(cfg.train),
-            OmegaConf.to_object(cfg.eval),
-            run_dir,
-            tracker,
-            cfg.seed,
-            cfg.resume,
-            probe=probe,
-            progress=cfg.progress,
-            parallel=parallel,
-        )
-        metrics = continual_metrics(result["matrix"], result["initial"], higher_is_better=False)
-        tracker.log(
-            {f"cl/{k}": v for k, v in metrics.items() if k != "per_task" and v is not None}, result["global_step"]
-        )
-    weights = parallel.model_state(model)  # a collective under FSDP: every process takes part
-    summary = {"job": "cpt", "stages": result["stages"], "sources": result["sources"], "steps": result["global_step"]}
-    if result["probes"]["stages"]:
-        summary.update(result["probes"]["stages"][-1])
-        if "bios/knowledge_accuracy" in summary:
-            summary["knowledge_accuracy"] = summary.pop("bios/knowledge_accuracy")
-    summary["stability_gap"] = {
-        stage: {source: gap["depth"] for source, gap in gaps.items()}
-        for stage, gaps in zip(result["stages"], result["stability_gap"])
-    }
-    if not main:
-        return summary
-    boundaries = np.cumsum([stage_steps(s, OmegaConf.to_object(cfg.train)) for s in stages]).tolist()
-    write_results(
+    learner = CptLearner(
+        model,
+        sources,
+        stages,
+        OmegaConf.to_object(cfg.train),
+        OmegaConf.to_object(cfg.eval),
         run_dir,
-        {
-            "tasks": result["sources"],
-            "matrix": result["matrix"],
-            "initial": result["initial"],
-            "higher_is_better": False,
-            "metric": "loss",
-            "metrics": metrics,
-            "task_boundaries": boundaries,
-            "stages": result["stages"],
-            "stability_gap": result["stability_gap"],
-            "probes": result["probes"],
-        },
+        cfg.seed,
+        probe,
+        parallel,
     )
-    summary.update(wall_time_s=time.perf_counter() - started, **{k: v for k, v in metrics.items() if k != "per_task"})
-    write_summary(run_dir, summary)
+    outputs = RunOutputs(
+        job="cpt",
+        config=to_container(cfg),
+        summary={"seed": cfg.seed, "method": cfg.method.name},
+        results={"stages": learner.tasks},
+        description=describe(cfg),
+    )
+    runner = Runner(
+        learner,
+        make_method(cfg.method),
+        run_dir,
+        schedule=runner_schedule(learner.train, OmegaConf.to_object(cfg.eval)),
+        logger=cfg.logger,
+        outputs=outputs,
+        resume=cfg.resume,
+        progress=cfg.progress,
+        parallel=parallel,
+        started=started,
+    )
+    results = runner.run()
+    weights = parallel.model_state(model)  # a collective under FSDP: every process takes part
+    if not main:
+        return {"job": "cpt", "steps": results["global_step"]}
+    summary = results["summary"]
     model.save_pretrained(run_dir / "model", state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(run_dir / "model")
-    write_report(run_dir)
     if cfg.progress:
-        print("\n".join(_summary_lines(summary, result, run_dir)))
+        print("\n".join(_summary_lines(summary, as_stage_results(results), run_dir)))
     return summary

@@ -1,25 +1,24 @@
-"""The continual-pretraining trainer core: train a causal LM through a list of stages, nanoGPT-style.
+"""The continual-pretraining learner: a causal LM trained through stages, nanoGPT-style, on the continual runner.
 
-A stage is one task of the continual sequence: a token budget, a data mixture (new sources by weight,
-replayed sources by exact ratio), a peak learning rate and its own schedule. ``train_stages`` runs them in
-order, top to bottom:
+A stage is one task of the continual sequence: a token budget, a data mixture (new sources by weight, replayed
+sources by exact ratio), a peak learning rate and its own schedule. ``CptLearner`` implements the runner's
+``Learner`` protocol (``retain/learner.py``); the runner (``retain/runner.py``) owns the loop around it:
+evaluating every source before training (``initial``), densely early in each stage and sparsely later, into
+R's row at each stage end (stages × sources, validation loss, lower is better), the stability gap, probes,
+checkpoints and exact resume. What is CPT's own lives here:
 
-1. evaluate every source before training (``initial``);
-2. per stage: steps = tokens // (seq_len * batch_size * grad_accum); a fresh AdamW and a scheduler over the
-   stage's own steps; ``inherit`` decides what carries over from the previous stage (or ``from_checkpoint``);
-3. per step: one sampler batch of ``batch_size * grad_accum`` rows, split into ``grad_accum`` micro-batches,
-   gradient clipping, optimizer step, scheduler step; ``train/`` and ``perf/`` metrics every ``log_every``;
-   validation loss of every source densely early in the stage and sparsely later (``eval/<source>/``);
-4. at each stage end every source is evaluated into one row of the results matrix R (stages x sources, lower
-   is better) and a checkpoint is written.
+1. ``prepare_task``: steps = tokens // (seq_len * batch_size * grad_accum); a fresh AdamW and a scheduler over
+   the stage's own steps; ``inherit`` decides what carries over from the previous stage (or ``from_checkpoint``,
+   or ``pre_anneal``: the previous stage's checkpoint from just before its anneal);
+2. ``train_chunk``: per update, one sampler batch of ``batch_size * grad_accum`` rows split into micro-batches,
+   bf16 autocast when asked, gradient clipping, the optimizer and scheduler steps, ``train/`` and ``perf/``
+   metrics every ``log_every``; the pre-anneal checkpoint when the schedule's anneal starts;
+3. ``evaluate``: the mean token cross-entropy of each source's fixed validation batches.
 
-**Exact resume.** Checkpoints (every ``checkpoint_every`` steps and at each stage end) hold the weights, the
-optimizer, scheduler and sampler states, the stage index, step within the stage, global step, R and curves
-so far, the tracker's byte offset and the global RNG states. The sampler is stateless beyond its step, so
-``resume=True`` continues bit for bit: on CPU with the same seed the final weights equal an uninterrupted
-run's. Open the tracker with ``Tracker(run_dir, resume_offset=tracker_resume_offset(run_dir))`` so lines
-logged after the checkpoint are dropped. ``stop_after`` ends a call after that many updates as if it were
-killed (nothing extra is saved), which is how tests interrupt a run.
+``state()`` holds the weights, the optimizer, scheduler and sampler states, the stage and step; with the
+runner's part of a checkpoint (R, curves, RNG, tracker offset) ``resume=True`` continues bit for bit: on CPU
+with the same seed the final weights equal an uninterrupted run's. ``train_stages`` runs stages through the
+runner in one call (the API the residual demo, the benchmarks and the tests use).
 """
 
 from __future__ import annotations
@@ -37,16 +36,19 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from pretrain.cpt.data import MixtureSampler, TokenDataset
-from pretrain.cpt.distributed import Parallel
-from pretrain.cpt.perf import flops_per_token, peak_flops
-from pretrain.cpt.schedules import ScheduleConfig, anneal_start, build_scheduler
-from retain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from retain.errors import ConfigError, TrainingDiverged
-from retain.metrics import stability_gap
-from retain.seeding import derive_seed, rng_state, seed_everything, set_rng_state
-from retain.tracking import Tracker, progress_bar
+from retain.checkpoint import latest_checkpoint, load_checkpoint, load_latest, save_checkpoint
+from retain.errors import CheckpointError, ConfigError, TrainingDiverged
+from retain.learner import LearnerState, StepHooks, TaskScore
+from retain.methods import make_method
+from retain.runner import CHECKPOINTS, Runner, Schedule
+from retain.seeding import derive_seed, seed_everything
+from retain.tracking import Tracker
+from retain.training.distributed import Parallel
+from retain.training.optim import adamw, maybe_compile
+from retain.training.perf import flops_per_token, peak_flops
+from retain.training.precision import autocast, use_bf16
+from retain.training.schedules import ScheduleConfig, anneal_start, build_scheduler
 
-CHECKPOINTS = "checkpoints"
 PRE_ANNEAL = "pre_anneal"  # inherit.from_checkpoint: the previous stage's checkpoint from just before its anneal
 
 
@@ -151,38 +153,6 @@ def stage_steps(stage: StageConfig, train: TrainConfig) -> int:
     return steps
 
 
-def is_eval_step(step: int, steps: int, cfg: CptEvalConfig) -> bool:
-    """Whether updates ``1..steps`` of a stage end with an evaluation at ``step`` (the stage end is separate)."""
-    if step <= cfg.dense_until_fraction * steps:
-        return cfg.dense_every > 0 and step % cfg.dense_every == 0
-    return cfg.sparse_every > 0 and step % cfg.sparse_every == 0
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): only then is bf16 autocast faster
-    than fp32 on CPU (1.4x on the default model here); emulated, it is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap, reliable check, so no bf16 by default
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether training and evaluation run under bf16 autocast (see ``TrainConfig.precision``)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"unknown train.precision={precision!r}", "use auto, fp32 or bf16")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return device.type == "cpu" and native_cpu_bf16()
-    return precision == "bf16"
-
-
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -201,7 +171,7 @@ def evaluate(
     total, count = 0.0, 0
     for inputs, targets in batches:
         inputs, targets = parallel.rows(inputs), parallel.rows(targets)
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             logits = model(input_ids=inputs.to(device)).logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(device).flatten(), reduction="sum")
         total += float(loss)
@@ -209,14 +179,6 @@ def evaluate(
     model.train(was_training)
     total, count = parallel.sum([total, count])
     return total / count
-
-
-def tracker_resume_offset(run_dir: str | Path) -> int | None:
-    """The tracker byte offset stored in the run's latest checkpoint (None when there is none)."""
-    path = latest_checkpoint(Path(run_dir) / CHECKPOINTS)
-    if path is None:
-        return None
-    return int(load_checkpoint(path)[1]["tracker_offset"])
 
 
 def _resolve_checkpoint(path: str | Path) -> Path:
@@ -272,16 +234,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps: int
 
 
 def _optimizer(model: torch.nn.Module, lr: float, train: TrainConfig) -> torch.optim.AdamW:
-    # The fused kernel (CPU and CUDA) updates all parameters in one pass: ~4x faster than the per-tensor loop
-    # on CPU. DTensor parameters (FSDP2) take the multi-tensor path.
-    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
-    return torch.optim.AdamW(
-        model.parameters(),
-        lr=lr,
-        betas=tuple(train.betas),
-        weight_decay=train.weight_decay,
-        fused=None if sharded else True,
-    )
+    return adamw(model.parameters(), lr, tuple(train.betas), train.weight_decay)
 
 
 def _take_moments(
@@ -294,24 +247,291 @@ def _take_moments(
     parallel.load_optimizer_state(model, optimizer, {"state": state["state"], "param_groups": groups}, full=full)
 
 
-class _Stage:
-    """Where the current stage started: its scores then, and where its evaluations begin in the curves
-    (the stability gap is measured against these); checkpointed so a resumed stage measures the same."""
+class CptLearner:
+    """Stages of continual pretraining as a ``retain.learner.Learner``; see the module docstring."""
 
-    def __init__(self, start_losses: list[float], start_step: int, curve_start: dict[str, int]):
-        self.start_losses, self.start_step, self.curve_start = start_losses, start_step, curve_start
+    metric = "loss"
+    higher_is_better = False
 
-    def state(self) -> dict:
-        return {"start_losses": self.start_losses, "start_step": self.start_step, "curve_start": self.curve_start}
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sources: dict[str, TokenDataset],
+        stages: list[StageConfig],
+        train: TrainConfig,
+        eval_cfg: CptEvalConfig,
+        run_dir: str | Path,
+        seed: int = 0,
+        probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+        parallel: Parallel | None = None,
+    ):
+        self.parallel = parallel or Parallel()
+        self.model, self.sources, self.stages, self.train = model, sources, stages, train
+        self.tasks = [s.name for s in stages]
+        self.eval_tasks = list(sources)
+        self.steps_of = _check_stages(stages, self.eval_tasks, train)
+        self.parallel.check_batch(train.batch_size)
+        self.seed, self.probe_fn = seed, probe
+        self.ckpt_root = Path(run_dir) / CHECKPOINTS
+        self.device = next(model.parameters()).device
+        self.bf16 = use_bf16(train.precision, self.device)
+        self.flops_token = flops_per_token(model, train.seq_len)
+        self.peak = peak_flops(self.device, train.peak_tflops)
+        self.start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.train_model = self.parallel.wrap(model)  # FSDP2 shards `model` in place; DDP wraps it
+        self.forward = maybe_compile(self.train_model, train.compile)
+        self.val = {
+            n: sources[n].val_batches(train.seq_len, train.batch_size, eval_cfg.val_batches) for n in self.eval_tasks
+        }
+        seed_everything(seed)
+        source = _checkpoint_source(stages, 0, self.ckpt_root) if stages else None
+        if source is not None and stages[0].inherit.weights:
+            # `initial` is what stage 0 starts from, so the checkpoint's weights are loaded before it.
+            self.parallel.load_model_state(model, load_checkpoint(source)[0])
+        self._global_step = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: LRScheduler | None = None
+        self.sampler: MixtureSampler | None = None
+        self.stage, self.stage_step, self.offset = -1, 0, 0
+        self.sched_pos = 0  # schedule position where the previous stage stopped (inherit.scheduler)
+        self.hooks, self.bar = StepHooks(), None
+        self.log = lambda metrics, step: None
 
-    def gaps(self, names: list[str], curves: dict[str, list[list[float]]]) -> dict[str, dict]:
-        """Per source: depth of the loss rise above its stage-start value and where it recovered."""
+    # -- the protocol ------------------------------------------------------------------------------------
+
+    @property
+    def global_step(self) -> int:
+        return self._global_step
+
+    def budget(self, task: int) -> int:
+        return self.steps_of[task]
+
+    def granularity(self, task: int) -> int:
+        return 1
+
+    def bind(self, log, hooks: StepHooks, progress) -> None:
+        self.log, self.hooks, self.bar = log, hooks, progress
+
+    def _mixture(self, task: int, data_tasks: list[int]) -> tuple[dict[str, float], dict[str, float]]:
+        """The stage's mix and replay; several data tasks (multitask) train on their mixes merged."""
+        stage = self.stages[task]
+        if list(data_tasks) == [task]:
+            return dict(stage.mix), dict(stage.replay)
+        mix: dict[str, float] = {}
+        for k in data_tasks:
+            for name, weight in self.stages[k].mix.items():
+                mix[name] = mix.get(name, 0.0) + weight / sum(self.stages[k].mix.values())
+        return mix, {n: r for n, r in stage.replay.items() if n not in mix}
+
+    def _sampler(self, task: int, data_tasks: list[int], seed: int) -> MixtureSampler:
+        mix, replay = self._mixture(task, data_tasks)
+        return MixtureSampler(
+            {n: self.sources[n] for n in [*mix, *replay]},
+            mix,
+            self.train.seq_len,
+            self.train.batch_size * self.train.grad_accum,  # one sampler batch per update, split into micro-batches
+            seed=seed,
+            replay=replay,
+        )
+
+    def prepare_task(self, task: int, data_tasks: list[int]) -> bool:
+        i, stage, parallel, model = task, self.stages[task], self.parallel, self.model
+        inh = stage.inherit
+        # Where inherited things come from: a named checkpoint, or the live objects of the previous stage.
+        src_opt = parallel.optimizer_state(model, self.optimizer, full=False) if self.optimizer is not None else None
+        src_full = False  # src_opt is this run's live (per-process) state, not a checkpoint's
+        src_pos = self.sched_pos
+        src_sampler = self.sampler.state_dict() if self.sampler is not None else None
+        source = _checkpoint_source(self.stages, i, self.ckpt_root)
+        if source is not None:
+            c_weights, c_state = _learner_part(source)
+            if inh.weights and i > 0:  # stage 0's were loaded before `initial`
+                parallel.load_model_state(model, c_weights)
+            src_opt, src_full = c_state.get("optimizer"), True
+            src_pos = c_state.get("sched_offset", 0) + c_state.get("scheduler", {}).get("last_epoch", 0)
+            src_sampler = c_state.get("sampler")
+            if inh.step and inh.from_checkpoint != PRE_ANNEAL:  # a branch within this run keeps counting on
+                self._global_step = int(c_state.get("global_step", 0))
+        elif i > 0 and not inh.weights:
+            parallel.load_model_state(model, self.start_weights)
+        if not inh.step:
+            self._global_step = 0
+
+        self.offset = src_pos if inh.scheduler else 0
+        data_seed, data_step = derive_seed(self.seed, "data", i), 0
+        if inh.data_position and src_sampler is not None:
+            data_seed, data_step = int(src_sampler["seed"]), int(src_sampler["step"])
+        self.optimizer = _optimizer(model, stage.lr, self.train)
+        if inh.optimizer and src_opt is not None:
+            _take_moments(model, self.optimizer, src_opt, parallel, full=src_full)
+        self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
+        self.sampler = self._sampler(i, data_tasks, data_seed)
+        self.sampler.step = data_step
+        self.stage, self.stage_step, self.data_tasks = i, 0, list(data_tasks)
+        self.sched_pos = self.offset
+        # The stability gap is measured from where the stage starts: the previous row of R, unless the weights
+        # just changed (from a checkpoint, or back to the start), which needs an evaluation there.
+        return i > 0 and (source is not None or not inh.weights)
+
+    def train_chunk(self, task: int, chunk: int, units: int) -> None:
+        stage, train, parallel, device = self.stages[task], self.train, self.parallel, self.device
+        steps = self.steps_of[task]
+        anneal_at = anneal_start(stage.schedule or ScheduleConfig(), steps)
+        self.train_model.train()
+        for _ in range(units):
+            t0 = time.perf_counter()
+            inputs, targets = self.hooks.batch(self, self.sampler.next_batch())
+            lr = self.scheduler.get_last_lr()[0]  # the rate this update uses
+            total = 0.0
+            micro = list(zip(inputs.chunk(train.grad_accum), targets.chunk(train.grad_accum)))
+            for k, (x, y) in enumerate(micro):
+                x, y = parallel.rows(x).to(device), parallel.rows(y).to(device)
+                with parallel.gradient_sync(self.train_model, sync=k == len(micro) - 1):
+                    with autocast(device, self.bf16):
+                        logits = self.forward(input_ids=x).logits
+                    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+                    penalty = self.hooks.penalty(self)  # a continual method's (L2, EWC, ...), None for most
+                    objective = loss if penalty is None else loss + penalty
+                    (objective / train.grad_accum).backward()  # mean over micro-batches = the full batch's mean
+                total += loss.item() / train.grad_accum
+            if not math.isfinite(total):
+                raise TrainingDiverged(
+                    f"training diverged: loss {total} at update {self.stage_step + 1} of stage {stage.name!r} (lr {lr:.3g})",
+                    f"lower stages.{task}.lr or raise the schedule's warmup_steps (or use train.precision=fp32); "
+                    "the last checkpoint is kept in checkpoints/",
+                )
+            if train.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip)
+            self.hooks.transform_gradients(self)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.stage_step += 1
+            self._global_step += 1
+            if self.bar is not None:
+                self.bar.update(1)
+            if self.stage_step % train.log_every == 0:
+                total = parallel.sum([total])[0] / parallel.world  # each process saw its rows
+                tokens_per_s = inputs.numel() / max(time.perf_counter() - t0, 1e-9)
+                perf = {"perf/tokens_per_second": tokens_per_s, "perf/tflops": tokens_per_s * self.flops_token / 1e12}
+                if self.peak:
+                    perf["perf/mfu"] = tokens_per_s * self.flops_token / (self.peak * parallel.world)
+                if device.type == "cuda":
+                    perf["perf/max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                self.log({"train/loss": total, "train/lr": lr, **perf}, self._global_step)
+                if self.bar is not None:
+                    self.bar.set_postfix(stage=stage.name, loss=f"{total:.3f}", refresh=False)
+            if anneal_at and self.stage_step == anneal_at:
+                self._save_pre_anneal(stage.name)
+        if self.stage_step == steps:
+            self.sched_pos = self.offset + steps
+
+    def _save_pre_anneal(self, stage_name: str) -> None:
+        """The branch point of ``inherit.from_checkpoint=pre_anneal``: this stage just before its anneal."""
+        state = self.state()  # every process: gathering sharded state is collective
+        if self.parallel.is_main:
+            meta = {"stage": stage_name, "stage_step": self.stage_step, "sources": self.eval_tasks}
+            root = self.ckpt_root / PRE_ANNEAL / stage_name
+            save_checkpoint(root, self._global_step, state.weights, {"learner": state.state}, meta=meta, keep=1)
+        self.parallel.barrier()
+
+    def evaluate(self, tasks: list[int], weights: dict[int, dict[str, torch.Tensor] | None]) -> dict[int, TaskScore]:
         out = {}
-        for j, n in enumerate(names):
-            points = curves[n][self.curve_start[n] :]
-            steps = [int(step) - self.start_step for step, _ in points]
-            out[n] = stability_gap(steps, [loss for _, loss in points], self.start_losses[j], higher_is_better=False)
+        own = None
+        for j in tasks:
+            if weights.get(j) is not None:
+                own = own or self.weights()
+                self.load_weights(weights[j])
+            loss = evaluate(self.train_model, self.val[self.eval_tasks[j]], self.parallel, self.bf16)
+            if weights.get(j) is not None:
+                self.load_weights(own)
+            # perplexity capped: exp overflows on a diverged run
+            out[j] = TaskScore(loss, {"loss": loss, "perplexity": math.exp(min(loss, 50.0))})
         return out
+
+    def probe(self) -> dict[str, float]:
+        return self.probe_fn(self.model) if self.probe_fn is not None else {}
+
+    def named_parameters(self):
+        return self.model.named_parameters()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.parallel.model_state(self.model).items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.parallel.load_model_state(self.model, weights)
+
+    def initial_weights(self, task: int) -> dict[str, torch.Tensor]:
+        return self.start_weights
+
+    def reset_model(self, task: int) -> None:
+        self.parallel.load_model_state(self.model, self.start_weights)
+        self.optimizer = None  # the stage's own optimizer starts empty
+
+    def state(self) -> LearnerState:
+        state = {
+            "stage": self.stage,
+            "stage_step": self.stage_step,
+            "global_step": self._global_step,
+            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "sched_offset": self.offset,
+            "sampler": self.sampler.state_dict(),
+            "data_tasks": self.data_tasks,
+        }
+        return LearnerState(self.parallel.model_state(self.model), state)
+
+    def load_state(self, state: LearnerState, where: str) -> None:
+        s = state.state
+        i = int(s["stage"])
+        stage = self.stages[i]
+        self.parallel.load_model_state(self.model, state.weights)
+        self.stage, self.stage_step, self._global_step = i, int(s["stage_step"]), int(s["global_step"])
+        self.offset, self.data_tasks = int(s["sched_offset"]), list(s["data_tasks"])
+        self.optimizer = _optimizer(self.model, stage.lr, self.train)
+        self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
+        self.sampler = self._sampler(i, self.data_tasks, int(s["sampler"]["seed"]))
+        self.parallel.load_optimizer_state(self.model, self.optimizer, s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.sampler.load_state_dict(s["sampler"])
+        self.sched_pos = self.offset + self.stage_step if self.stage_step == self.steps_of[i] else self.offset
+
+    def summary(self, results: dict) -> dict[str, Any]:
+        out: dict[str, Any] = {"stages": self.tasks, "sources": self.eval_tasks}
+        last = results["probes"]["stages"][-1] if results["probes"]["stages"] else {}
+        if "bios/knowledge_accuracy" in last:
+            out["knowledge_accuracy"] = last["bios/knowledge_accuracy"]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _learner_part(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Weights and the learner's state of a checkpoint (a run's, or a pre-anneal one)."""
+    weights, state, _, _ = load_checkpoint(path)
+    if "learner" not in state:
+        raise CheckpointError(
+            f"checkpoint {path} was not written by retain cpt", "name a run's checkpoints/ folder or run dir"
+        )
+    return weights, state["learner"]
+
+
+def runner_schedule(train: TrainConfig, eval_cfg: CptEvalConfig) -> Schedule:
+    """When the runner evaluates and checkpoints a stage: densely early, sparsely later, checkpoints apart."""
+    return Schedule(
+        during="all",
+        every=eval_cfg.sparse_every,
+        dense_every=eval_cfg.dense_every,
+        dense_until_fraction=eval_cfg.dense_until_fraction,
+        checkpoint_every=train.checkpoint_every,
+    )
+
+
+def tracker_resume_offset(run_dir: str | Path) -> int | None:
+    """The tracker byte offset stored in the run's newest intact checkpoint (None when there is none)."""
+    found = load_latest(Path(run_dir) / CHECKPOINTS)
+    return None if found is None else int(found[2]["runner"]["tracker_offset"])
 
 
 def train_stages(
@@ -328,8 +548,9 @@ def train_stages(
     probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     progress: bool = False,
     parallel: Parallel | None = None,
+    method: Any = None,
 ) -> dict:
-    """Train ``model`` through ``stages`` and return the continual results.
+    """Train ``model`` through ``stages`` on the continual runner and return the continual results.
 
     Returns ``{"sources", "stages", "matrix", "initial", "curves", "stability_gap", "probes", "global_step",
     "stopped"}``: ``matrix`` is R (one row per stage, one column per source in ``sources``' order: validation
@@ -337,261 +558,28 @@ def train_stages(
     ``[global_step, loss]`` of every evaluation, ``stability_gap`` per stage and source the gap measured
     by ``retain.metrics.stability_gap`` (steps counted from the stage's start), ``probes`` what ``probe(model)``
     returned before stage 0 (``initial``) and after each stage (``stages``).
-    ``resume=True`` continues from the latest checkpoint under ``run_dir/checkpoints`` (a fresh start when there
-    is none). ``stop_after`` returns after that many updates in this call, saving nothing more (as if killed);
-    the result then has ``stopped=True`` and only the rows finished so far. ``parallel`` (from
-    ``distributed.init_parallel``) trains data-parallel; only its main process writes checkpoints.
+    ``resume=True`` continues from the newest intact checkpoint under ``run_dir/checkpoints`` (a fresh start when
+    there is none). ``stop_after`` returns after that many updates in this call, saving nothing more (as if
+    killed); the result then has ``stopped=True`` and only the rows finished so far. ``parallel`` (from
+    ``distributed.init_parallel``) trains data-parallel; only its main process writes checkpoints. Writes no
+    results, summary or report: ``retain cpt`` does (``write_files``).
     """
-    parallel = parallel or Parallel()
-    names = list(sources)
-    steps_of = _check_stages(stages, names, train)
-    parallel.check_batch(train.batch_size)
-    ckpt_root = Path(run_dir) / CHECKPOINTS
-    device = next(model.parameters()).device
-    bf16 = use_bf16(train.precision, device)
-    flops_token = flops_per_token(model, train.seq_len)
-    peak = peak_flops(device, train.peak_tflops)
-    start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    train_model = parallel.wrap(model)  # FSDP2 shards `model` in place; DDP wraps it
-    forward = torch.compile(train_model) if train.compile else train_model
-    val = {n: sources[n].val_batches(train.seq_len, train.batch_size, eval_cfg.val_batches) for n in names}
-
-    def eval_all(global_step: int) -> list[float]:
-        losses = [evaluate(train_model, val[n], parallel, bf16) for n in names]
-        metrics = {}
-        for n, loss in zip(names, losses):
-            metrics[f"eval/{n}/loss"] = loss
-            metrics[f"eval/{n}/perplexity"] = math.exp(min(loss, 50.0))  # capped: exp overflows on a diverged run
-            curves[n].append([global_step, loss])
-        tracker.log(metrics, global_step)
-        return losses
-
-    def run_probe(global_step: int) -> dict[str, float]:
-        if probe is None:
-            return {}
-        values = probe(model)
-        tracker.log({f"eval/{k}": v for k, v in values.items()}, global_step)
-        return values
-
-    saved = latest_checkpoint(ckpt_root) if resume else None
-    if saved is not None:
-        weights, state, _, _ = load_checkpoint(saved)
-        parallel.load_model_state(model, weights)
-        R, initial, curves, gaps, probes = state["R"], state["initial"], state["curves"], state["gaps"], state["probes"]
-        global_step, resume_at = state["global_step"], state
-        set_rng_state(state["rng"])
-    else:
-        seed_everything(seed)
-        R, curves, gaps, global_step, resume_at = [], {n: [] for n in names}, [], 0, None
-        source = _checkpoint_source(stages, 0, ckpt_root) if stages else None
-        if source is not None and stages[0].inherit.weights:
-            # `initial` is what stage 0 starts from, so the checkpoint's weights are loaded before it.
-            parallel.load_model_state(model, load_checkpoint(source)[0])
-        initial = eval_all(0)
-        probes = {"initial": run_probe(0), "stages": []}
-
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: LRScheduler | None = None
-    sampler: MixtureSampler | None = None
-    sched_pos = 0  # schedule position where the previous stage stopped (inherit.scheduler)
-    done_here = 0  # updates run in this call (stop_after)
-    done_before = sum(steps_of[: resume_at["stage"]]) + resume_at["stage_step"] if resume_at else 0
-    bar = progress_bar(sum(steps_of), progress and parallel.is_main, desc="cpt", unit="update", initial=done_before)
-
-    for i, stage in enumerate(stages):
-        steps = steps_of[i]
-        if resume_at is not None and i < resume_at["stage"]:
-            continue  # finished before the checkpoint; its results are in R
-        resuming = resume_at is not None and i == resume_at["stage"]
-        inh = stage.inherit
-        # Where inherited things come from: a named checkpoint, or the live objects of the previous stage.
-        src_opt = parallel.optimizer_state(model, optimizer, full=False) if optimizer is not None else None
-        src_full = False  # src_opt is this run's live (per-process) state, not a checkpoint's
-        src_pos = sched_pos
-        src_sampler = sampler.state_dict() if sampler is not None else None
-        source = _checkpoint_source(stages, i, ckpt_root)
-        if source is not None and not resuming:
-            c_weights, c_state, _, _ = load_checkpoint(source)
-            if inh.weights and i > 0:  # stage 0's were loaded before `initial`
-                parallel.load_model_state(model, c_weights)
-            src_opt, src_full = c_state.get("optimizer"), True
-            src_pos = c_state.get("sched_offset", 0) + c_state.get("scheduler", {}).get("last_epoch", 0)
-            src_sampler = c_state.get("sampler")
-            if inh.step and inh.from_checkpoint != PRE_ANNEAL:  # a branch within this run keeps counting on
-                global_step = int(c_state.get("global_step", 0))
-        elif i > 0 and not resuming and not inh.weights:
-            parallel.load_model_state(model, start_weights)
-        if not inh.step and not resuming:
-            global_step = 0
-
-        offset = src_pos if inh.scheduler else 0
-        data_seed, data_step = derive_seed(seed, "data", i), 0
-        if inh.data_position and src_sampler is not None:
-            data_seed, data_step = int(src_sampler["seed"]), int(src_sampler["step"])
-        if resuming:
-            offset, data_seed = resume_at["sched_offset"], int(resume_at["sampler"]["seed"])
-
-        optimizer = _optimizer(model, stage.lr, train)
-        if inh.optimizer and src_opt is not None and not resuming:
-            _take_moments(model, optimizer, src_opt, parallel, full=src_full)
-        schedule = stage.schedule or ScheduleConfig()
-        scheduler = _scheduler(optimizer, schedule, steps, offset)
-        anneal_at = anneal_start(schedule, steps)
-        stage_sources = {n: sources[n] for n in [*stage.mix, *stage.replay]}
-        sampler = MixtureSampler(
-            stage_sources,
-            stage.mix,
-            train.seq_len,
-            train.batch_size * train.grad_accum,  # one sampler batch per update, split into micro-batches below
-            seed=data_seed,
-            replay=stage.replay,
-        )
-        sampler.step = data_step
-        step = 0
-        if resuming:
-            parallel.load_optimizer_state(model, optimizer, resume_at["optimizer"])
-            scheduler.load_state_dict(resume_at["scheduler"])
-            sampler.load_state_dict(resume_at["sampler"])
-            step = int(resume_at["stage_step"])
-            current = _Stage(**resume_at["current"])
-        else:
-            # The stability gap is measured from where the stage starts: the previous row of R, unless the
-            # weights just changed (from a checkpoint, or back to the start), which needs an evaluation here.
-            moved = i > 0 and (source is not None or not inh.weights)
-            start = eval_all(global_step) if moved else (R[i - 1] if i > 0 else initial)
-            current = _Stage(list(start), global_step, {n: len(curves[n]) for n in names})
-        sched_pos = offset
-
-        # Bound now, so the checkpoint saves this stage's objects (R, initial and curves are mutated in place).
-        checkpoint = partial(
-            _save,
-            root=ckpt_root,
-            model=model,
-            parallel=parallel,
-            tracker=tracker,
-            names=names,
-            stage_name=stage.name,
-            stage_index=i,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            offset=offset,
-            sampler=sampler,
-            current=current,
-            results={"R": R, "initial": initial, "curves": curves, "gaps": gaps, "probes": probes},
-        )
-
-        train_model.train()
-        while step < steps:
-            if stop_after is not None and done_here >= stop_after:
-                bar.close()
-                return _result(names, stages, R, initial, curves, gaps, probes, global_step, stopped=True)
-            t0 = time.perf_counter()
-            inputs, targets = sampler.next_batch()
-            lr = scheduler.get_last_lr()[0]  # the rate this update uses
-            total = 0.0
-            micro = list(zip(inputs.chunk(train.grad_accum), targets.chunk(train.grad_accum)))
-            for k, (x, y) in enumerate(micro):
-                x, y = parallel.rows(x).to(device), parallel.rows(y).to(device)
-                with parallel.gradient_sync(train_model, sync=k == len(micro) - 1):
-                    with _autocast(device, bf16):
-                        logits = forward(input_ids=x).logits
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-                    (loss / train.grad_accum).backward()  # mean over micro-batches = the full batch's mean
-                total += loss.item() / train.grad_accum
-            if not math.isfinite(total):
-                raise TrainingDiverged(
-                    f"training diverged: loss {total} at update {step + 1} of stage {stage.name!r} (lr {lr:.3g})",
-                    f"lower stages.{i}.lr or raise the schedule's warmup_steps (or use train.precision=fp32); "
-                    "the last checkpoint is kept in checkpoints/",
-                )
-            if train.clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            global_step += 1
-            done_here += 1
-            bar.update(1)
-            if step % train.log_every == 0:
-                total = parallel.sum([total])[0] / parallel.world  # each process saw its rows
-                tokens_per_s = inputs.numel() / max(time.perf_counter() - t0, 1e-9)
-                perf = {"perf/tokens_per_second": tokens_per_s, "perf/tflops": tokens_per_s * flops_token / 1e12}
-                if peak:
-                    perf["perf/mfu"] = tokens_per_s * flops_token / (peak * parallel.world)
-                if device.type == "cuda":
-                    perf["perf/max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                tracker.log({"train/loss": total, "train/lr": lr, **perf}, global_step)
-                bar.set_postfix(stage=stage.name, loss=f"{total:.3f}", refresh=False)
-            if step < steps and is_eval_step(step, steps, eval_cfg):
-                eval_all(global_step)
-            if anneal_at and step == anneal_at:
-                checkpoint(step=step, global_step=global_step, root=ckpt_root / PRE_ANNEAL / stage.name, keep=1)
-            if train.checkpoint_every > 0 and step % train.checkpoint_every == 0 and step < steps:
-                checkpoint(step=step, global_step=global_step)
-        sched_pos = offset + steps
-        if len(R) <= i:  # not yet recorded (a resume from this stage's end checkpoint has it)
-            R.append(eval_all(global_step))
-            gaps.append(current.gaps(names, curves))
-            tracker.log({f"eval/{n}/stability_gap_depth": gap["depth"] for n, gap in gaps[-1].items()}, global_step)
-            probes["stages"].append(run_probe(global_step))
-            checkpoint(step=step, global_step=global_step)
-        resume_at = None if resuming else resume_at
-    bar.close()
-    return _result(names, stages, R, initial, curves, gaps, probes, global_step, stopped=False)
+    learner = CptLearner(model, sources, stages, train, eval_cfg, run_dir, seed, probe, parallel)
+    runner = Runner(
+        learner,
+        make_method(method or {"name": "finetune"}),
+        run_dir,
+        schedule=runner_schedule(train, eval_cfg),
+        resume=resume,
+        progress=progress,
+        parallel=learner.parallel,
+        write_files=False,
+        tracker=tracker,
+    )
+    return as_stage_results(runner.run(stop_after=stop_after))
 
 
-def _save(
-    root: Path,
-    model: torch.nn.Module,
-    parallel: Parallel,
-    tracker: Tracker,
-    names: list[str],
-    stage_name: str,
-    stage_index: int,
-    optimizer: torch.optim.Optimizer,
-    scheduler: LRScheduler,
-    offset: int,
-    sampler: MixtureSampler,
-    current: _Stage,
-    results: dict,
-    step: int,
-    global_step: int,
-    keep: int = 2,
-) -> None:
-    """A checkpoint holding everything the rest of the run depends on (see the module docstring).
-
-    Every process takes part (gathering sharded state is a collective); only the main one writes.
-    """
-    weights = parallel.model_state(model)
-    state = {
-        "stage": stage_index,
-        "stage_step": step,
-        "global_step": global_step,
-        "optimizer": parallel.optimizer_state(model, optimizer),
-        "scheduler": scheduler.state_dict(),
-        "sched_offset": offset,
-        "sampler": sampler.state_dict(),
-        "current": current.state(),
-        **results,
-        "tracker_offset": tracker.offset(),
-        "rng": rng_state(),
-    }
-    if parallel.is_main:
-        meta = {"stage": stage_name, "stage_index": stage_index, "stage_step": step, "sources": names}
-        save_checkpoint(root, global_step, weights, state, meta=meta, keep=keep)
-    parallel.barrier()  # nobody reads a checkpoint (resume, from_checkpoint) before it exists
-
-
-def _result(names, stages, R, initial, curves, gaps, probes, global_step, stopped: bool) -> dict:
-    return {
-        "sources": list(names),
-        "stages": [s.name for s in stages],
-        "matrix": [list(row) for row in R],
-        "initial": list(initial),
-        "curves": curves,
-        "stability_gap": list(gaps),
-        "probes": probes,
-        "global_step": global_step,
-        "stopped": stopped,
-    }
+def as_stage_results(results: dict) -> dict:
+    """The runner's results under CPT's names (sources are R's columns, stages its rows)."""
+    keys = ("matrix", "initial", "curves", "stability_gap", "probes", "global_step", "stopped")
+    return {"sources": results["tasks"], "stages": results["rows"], **{k: results[k] for k in keys}}

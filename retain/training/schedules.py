@@ -1,4 +1,4 @@
-"""Learning-rate schedules for LLM continual pretraining, one stage (one task's token budget) at a time.
+"""Learning-rate schedules, one task (a CPT stage's token budget, an offline task's updates) at a time.
 
 A stage builds its own scheduler over its own budget ``total_steps``. Four shapes, all multipliers of the
 optimizer's learning rate η_max:
@@ -27,11 +27,6 @@ from functools import partial
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
-from transformers.optimization import (
-    get_constant_schedule_with_warmup,
-    get_cosine_with_min_lr_schedule_with_warmup,
-    get_wsd_schedule,
-)
 
 from retain.errors import ConfigError
 
@@ -197,6 +192,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total
     ``infinite_lr_factor``. Note transformers' wsd warms up from min_lr_ratio, not from 0.
     Raises ``ConfigError`` for values that cannot work (see ``check_schedule``).
     """
+    # imported here: transformers takes seconds to import, and only these three schedules need it
+    from transformers.optimization import (
+        get_constant_schedule_with_warmup,
+        get_cosine_with_min_lr_schedule_with_warmup,
+        get_wsd_schedule,
+    )
+
     check_schedule(cfg, total_steps)
     if cfg.name == "cosine":
         return get_cosine_with_min_lr_schedule_with_warmup(

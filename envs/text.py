@@ -1,0 +1,73 @@
+"""Text observations as numbers: words hashed into a fixed vocabulary, padded to a fixed length.
+
+BabyAI missions are ``gymnasium.spaces.Text``, which vectorized envs (SB3's, gymnasium's) cannot batch and
+networks cannot take. ``hash_tokens`` maps each word to an id in ``1..buckets-1`` with a stable hash (no
+vocabulary to build, store or share; 0 pads), so a dataset's strings and an env's live missions encode the
+same way. ``TextTokens`` wraps an env so every Text part of its observation comes out encoded.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterable
+
+import gymnasium as gym
+import numpy as np
+
+BUCKETS = 4096
+LENGTH = 16
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def hash_tokens(texts: Iterable[str], buckets: int = BUCKETS, length: int = LENGTH) -> np.ndarray:
+    """(N, length) int64 word ids of ``texts``: lower-cased words, crc32-hashed into 1..buckets-1, 0-padded
+    (longer texts are cut)."""
+    texts = list(texts)
+    out = np.zeros((len(texts), length), dtype=np.int64)
+    cache: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        words = _WORD.findall(str(text).lower())[:length]
+        for k, word in enumerate(words):
+            if word not in cache:
+                cache[word] = 1 + zlib.crc32(word.encode()) % (buckets - 1)
+            out[i, k] = cache[word]
+    return out
+
+
+def token_space(buckets: int = BUCKETS, length: int = LENGTH) -> gym.spaces.Box:
+    return gym.spaces.Box(0, buckets - 1, (length,), np.int64)
+
+
+def encode_space(space: gym.Space, buckets: int = BUCKETS, length: int = LENGTH) -> gym.Space:
+    """``space`` with every Text part replaced by its token space."""
+    if isinstance(space, gym.spaces.Text):
+        return token_space(buckets, length)
+    if isinstance(space, gym.spaces.Dict):
+        return gym.spaces.Dict({k: encode_space(s, buckets, length) for k, s in space.spaces.items()})
+    return space
+
+
+def has_text(space: gym.Space) -> bool:
+    if isinstance(space, gym.spaces.Text):
+        return True
+    return isinstance(space, gym.spaces.Dict) and any(has_text(s) for s in space.spaces.values())
+
+
+class TextTokens(gym.ObservationWrapper):
+    """Every Text part of the observation as ``hash_tokens`` ids (an int64 Box of ``length``)."""
+
+    def __init__(self, env: gym.Env, buckets: int = BUCKETS, length: int = LENGTH):
+        super().__init__(env)
+        self.buckets, self.length = buckets, length
+        self.observation_space = encode_space(env.observation_space, buckets, length)
+
+    def observation(self, observation):
+        return self._encode(self.env.observation_space, observation)
+
+    def _encode(self, space: gym.Space, value):
+        if isinstance(space, gym.spaces.Text):
+            return hash_tokens([value], self.buckets, self.length)[0]
+        if isinstance(space, gym.spaces.Dict):
+            return {k: self._encode(s, value[k]) for k, s in space.spaces.items()}
+        return value

@@ -1,0 +1,433 @@
+"""The offline learner: a policy trained from each task's dataset (behaviour cloning), on the continual
+runner's ``Learner`` protocol.
+
+Datasets are what ``retain collect`` writes (Minari, under RETAIN_DATA) or D4RL-layout HDF5 files
+(``sequence.tasks[i].dataset=``). Every task's data is loaded once, before training starts, into contiguous
+tensors on the training device (one block per observation key, tasks one after another); a batch is a
+tensor of row indices drawn by a seeded ``torch.Generator`` and gathered with one indexing op per key — no
+per-sample Python, no DataLoader workers. With several data tasks (``method=multitask``) each row of a
+batch first draws its task uniformly, then a row of it, so every task weighs the same whatever its size.
+
+The budget unit is the optimizer update. Chunk c of task t draws from a generator seeded by (seed, t, c),
+so a chunk trains the same after a restart; optimizer and schedule states are in the checkpoint.
+Evaluation runs the deterministic policy (mean action, or argmax) in the task's envs, batched over K
+parallel episodes. Continual methods reach the loop through ``StepHooks``: ``penalty`` is added to the loss,
+``transform_gradients`` runs before each step, ``batch`` may replace a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.policies import BCPolicy, PolicyConfig, build_policy, check_loss
+from envs.datasets import dataset_path, load_transitions, sequence_dataset_id
+from envs.text import encode_space, has_text, hash_tokens
+from finetune.env_tasks import EnvScorer, EvalSettings, Task, swapped_weights
+from retain.device import resolve_device
+from retain.errors import ConfigError, DatasetError
+from retain.learner import LearnerState, StepHooks, TaskScore
+from retain.seeding import derive_seed, seed_everything
+from retain.training.optim import adamw, maybe_compile
+from retain.training.precision import autocast, use_bf16
+from retain.training.schedules import ScheduleConfig, build_scheduler, check_schedule
+
+
+@dataclass
+class DatasetNames:
+    """Which datasets the tasks train on when a task names none: the ones ``retain collect`` wrote."""
+
+    namespace: str = "retain"
+    """dataset ids are <namespace>/<sequence>/<task>/<quality>-v0 (retain collect's dataset.namespace)"""
+    quality: str = "expert"
+    """retain collect's dataset.quality"""
+
+
+@dataclass
+class OfflineLearnerConfig:
+    """``learner=offline``: behaviour cloning from each task's dataset."""
+
+    name: str = "offline"
+    """the learner (sb3 | offline)"""
+    updates_per_task: int = 2000
+    """optimizer updates per task (the budget unit of offline runs)"""
+    batch_size: int = 256
+    """transitions per update"""
+    lr: float = 1e-3
+    """peak learning rate (AdamW)"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay"""
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="constant", warmup_steps=0))
+    """learning-rate schedule over each task's updates (the schedule/ group's shapes)"""
+    reset_optimizer: bool = True
+    """a fresh optimizer (and schedule) at every task, as Continual World does; False carries AdamW's moments"""
+    loss: str = "auto"
+    """auto (ce for discrete actions, mse for continuous) | mse | nll (Gaussian) | ce"""
+    clip: float = 0.0
+    """max gradient norm (0: no clipping)"""
+    task_id: bool = True
+    """give the policy the task's one-hot index next to the observation (Continual World's setting; needed when
+    the task is hidden context, as the point mass's goal is); False: the observation alone"""
+    max_episodes: int | None = None
+    """train on at most the first this many episodes of each dataset (few-shot settings)"""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dataset: DatasetNames = field(default_factory=DatasetNames)
+    precision: str = "fp32"
+    """fp32 | bf16 | auto: bf16 autocast (retain.training.precision)"""
+    compile: bool = False
+    """torch.compile the policy for training"""
+    log_every: int = 50
+    """log train/ metrics every this many updates"""
+
+
+def _to_tensor(value, device: torch.device) -> torch.Tensor:
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32, copy=False)
+    elif array.dtype.kind == "b":
+        array = array.astype(np.int64)
+    return torch.as_tensor(np.ascontiguousarray(array), device=device)
+
+
+def _encode_obs(space: gym.Space, value) -> Any:
+    """Dataset observations as the policy takes them: Text parts as hashed word ids."""
+    if isinstance(space, gym.spaces.Text):
+        return hash_tokens([str(v) for v in np.asarray(value).reshape(-1)])
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _encode_obs(s, value[k]) for k, s in space.spaces.items()}
+    return value
+
+
+class TaskData:
+    """Every task's transitions in contiguous tensors, tasks one after another (rows ``offsets[t]..``)."""
+
+    def __init__(self, parts: list[dict], device: torch.device):
+        self.sizes = torch.tensor([len(p["actions"]) for p in parts], device=device)
+        self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
+        first = parts[0]["observations"]
+        if isinstance(first, dict):
+            self.obs: Any = {
+                k: _to_tensor(np.concatenate([p["observations"][k] for p in parts]), device) for k in first
+            }
+        else:
+            self.obs = _to_tensor(np.concatenate([p["observations"] for p in parts]), device)
+        self.actions = _to_tensor(np.concatenate([p["actions"] for p in parts]), device)
+
+    def batch(
+        self, tasks: torch.Tensor, size: int, generator: torch.Generator
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """``size`` rows ``(observations, actions, task index)``: a task uniformly from ``tasks`` per row, then a
+        row of that task uniformly."""
+        device = self.actions.device
+        pick = tasks[torch.randint(len(tasks), (size,), generator=generator, device="cpu").to(device)]
+        u = torch.rand(size, generator=generator, device="cpu").to(device)
+        rows = self.offsets[pick] + (u * self.sizes[pick]).long().clamp_max(self.sizes[pick] - 1)
+        obs = {k: v[rows] for k, v in self.obs.items()} if isinstance(self.obs, dict) else self.obs[rows]
+        return obs, self.actions[rows], pick
+
+
+def collect_command(sequence: str | None, task: Task, names: DatasetNames) -> str:
+    """The ``retain collect`` command that writes the dataset ``task`` trains on by default."""
+    where = f"sequence={sequence}" if sequence else f"sequence=single env.id={task.env.id}"
+    extra = f" dataset.namespace={names.namespace}" if names.namespace != "retain" else ""
+    return f"retain collect {where} dataset.quality={names.quality}{extra}"
+
+
+class OfflineLearner:
+    """See the module docstring; the protocol is ``retain.learner.Learner``."""
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        cfg: OfflineLearnerConfig,
+        evaluation: EvalSettings,
+        metric: str,
+        seed: int,
+        device: str = "auto",
+        sequence: str | None = None,
+        extra: dict[str, list[Task]] | None = None,
+    ):
+        self.task_list, self.cfg, self.metric, self.seed = tasks, cfg, metric, seed
+        self.tasks = self.eval_tasks = [t.name for t in tasks]
+        self._check(cfg)
+        self.device = resolve_device(device)
+        self.bf16 = use_bf16(cfg.precision, self.device)
+        self.sources, parts, spaces = self._load(tasks, sequence)
+        self.observation_space, self.action_space = spaces
+        self.data = TaskData(parts, self.device)
+        text = has_text(self.observation_space)
+        eval_tasks = [Task(t.name, _tokens(t.env) if text else t.env, t.steps) for t in tasks]
+        extra = {
+            k: [Task(t.name, _tokens(t.env) if text else t.env, t.steps) for t in v] for k, v in (extra or {}).items()
+        }
+        self.scorer = EnvScorer(eval_tasks, evaluation, metric, seed, extra)
+        self.policy_space = encode_space(self.observation_space)
+        self.hooks = StepHooks()
+        self.log = lambda metrics, step: None
+        self.bar = None
+        self._global_step = 0
+        self.task, self.task_step, self.model_task = 0, 0, 0
+        self.data_tasks = [0]
+        self.policy = self._fresh_policy(0)
+        self.optimizer, self.scheduler = self._optimizer(0)
+
+    # -- set-up ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check(cfg: OfflineLearnerConfig) -> None:
+        for key in ("updates_per_task", "batch_size", "log_every"):
+            if getattr(cfg, key) < 1:
+                raise ConfigError(f"learner.{key}={getattr(cfg, key)}", f"use learner.{key} >= 1")
+        if not cfg.lr > 0:
+            raise ConfigError(f"learner.lr={cfg.lr} is not positive", "use e.g. learner.lr=1e-3")
+        if cfg.weight_decay < 0 or cfg.clip < 0:
+            raise ConfigError("learner.weight_decay and learner.clip must be >= 0", "use 0 to turn them off")
+        if cfg.max_episodes is not None and cfg.max_episodes < 1:
+            raise ConfigError(f"learner.max_episodes={cfg.max_episodes}", "use null (all) or >= 1")
+        check_schedule(cfg.schedule, cfg.updates_per_task)
+
+    def _load(self, tasks: list[Task], sequence: str | None) -> tuple[list[str], list[dict], tuple]:
+        """Every task's dataset, checked against the task's env before anything trains."""
+        sources, parts, spaces = [], [], None
+        for task in tasks:
+            name = task.dataset or sequence_dataset_id(
+                self.cfg.dataset.namespace, sequence, task.name, self.cfg.dataset.quality
+            )
+            if dataset_path(name) is None:
+                how = (
+                    f"make it with `{collect_command(sequence, task, self.cfg.dataset)}`"
+                    if not task.dataset
+                    else "check sequence.tasks[].dataset (a dataset id, a dataset folder or a D4RL .hdf5 file)"
+                )
+                raise DatasetError(f"task {task.name!r}: dataset {name} not found", how)
+            data = load_transitions(name)
+            env_spaces = _env_spaces(task)
+            _check_fits(task, name, data, env_spaces)
+            spaces = spaces or env_spaces
+            rows = _first_episodes(data, self.cfg.max_episodes)
+            parts.append(
+                {
+                    "observations": _take(_encode_obs(env_spaces[0], data.observations), rows),
+                    "actions": np.asarray(data.actions)[rows],
+                }
+            )
+            sources.append(str(data.source))
+        check_loss(self.cfg.loss, isinstance(spaces[1], gym.spaces.Discrete))
+        return sources, parts, spaces
+
+    def _fresh_policy(self, task: int, device: torch.device | None = None) -> BCPolicy:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "model", task))
+            n_tasks = len(self.tasks) if self.cfg.task_id else 0
+            policy = build_policy(self.policy_space, self.action_space, self.cfg.policy, self.cfg.loss, n_tasks)
+        return policy.to(device or self.device)
+
+    def _optimizer(self, task: int):
+        optimizer = adamw(self.policy.parameters(), self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        scheduler = build_scheduler(optimizer, self.cfg.schedule, self.budget(task))
+        self._forward = maybe_compile(self.policy, self.cfg.compile)
+        return optimizer, scheduler
+
+    # -- the protocol ------------------------------------------------------------------------------------
+
+    @property
+    def global_step(self) -> int:
+        return self._global_step
+
+    def budget(self, task: int) -> int:
+        return self.cfg.updates_per_task
+
+    def granularity(self, task: int) -> int:
+        return 1
+
+    def bind(self, log, hooks: StepHooks, progress) -> None:
+        self.log, self.hooks, self.bar = log, hooks, progress
+
+    def prepare_task(self, task: int, data_tasks: list[int]) -> bool:
+        self.task, self.task_step, self.data_tasks = task, 0, list(data_tasks)
+        if self.cfg.reset_optimizer or task == 0:
+            self.optimizer, self.scheduler = self._optimizer(task)
+        return False
+
+    def train_chunk(self, task: int, chunk: int, units: int) -> None:
+        chunk_seed = derive_seed(self.seed, "train", task, chunk)
+        seed_everything(chunk_seed)
+        generator = torch.Generator().manual_seed(chunk_seed)
+        tasks = torch.tensor(self.data_tasks, device=self.device)
+        self.policy.train()
+        t0, losses = time.perf_counter(), []
+        for _ in range(units):
+            batch = self.hooks.batch(self, self.data.batch(tasks, self.cfg.batch_size, generator))
+            obs, actions, task_ids = batch
+            with autocast(self.device, self.bf16):
+                loss = self._forward(obs, actions, task_ids if self.cfg.task_id else None)
+            penalty = self.hooks.penalty(self)
+            total = loss if penalty is None else loss + penalty
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.clip)
+            self.hooks.transform_gradients(self)
+            self.optimizer.step()
+            self.scheduler.step()
+            self._global_step += 1
+            self.task_step += 1
+            losses.append(loss.detach())
+            if self._global_step % self.cfg.log_every == 0:
+                mean = float(torch.stack(losses).mean())
+                if not np.isfinite(mean):
+                    from retain.errors import TrainingDiverged
+
+                    raise TrainingDiverged(
+                        f"training diverged: BC loss {mean} at update {self.task_step} of task {self.tasks[task]!r}",
+                        "lower learner.lr or set learner.clip (the last checkpoint is kept)",
+                    )
+                metrics = {"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0]}
+                if penalty is not None:
+                    metrics["train/penalty"] = float(penalty)
+                self.log(metrics, self._global_step)
+                losses = []
+            if self.bar is not None:
+                self.bar.update(1)
+        seconds = time.perf_counter() - t0
+        self.log({"perf/samples_per_second": units * self.cfg.batch_size / max(seconds, 1e-9)}, self._global_step)
+
+    def _obs_tensor(self, obs) -> Any:
+        if isinstance(obs, dict):
+            return {k: _to_tensor(v, self.device) for k, v in obs.items()}
+        return _to_tensor(obs, self.device)
+
+    def _act(self, obs, task: int = -1) -> np.ndarray:
+        """Deterministic actions for a batch of env observations of task ``task`` (-1: outside the sequence)."""
+        obs = self._obs_tensor(obs)
+        n = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        ids = torch.full((n,), task, device=self.device) if self.cfg.task_id else None
+        self.policy.eval()
+        with autocast(self.device, self.bf16):
+            actions = self.policy.act(obs, ids)
+        self.policy.train()
+        return actions.float().cpu().numpy() if not self.policy.discrete else actions.cpu().numpy()
+
+    def evaluate(self, tasks: list[int], weights: dict[int, dict[str, torch.Tensor] | None]) -> dict[int, TaskScore]:
+        with swapped_weights(self.policy, weights, self._act, pass_task=True) as predict:
+            # with task ids every task's envs need their own call (one batch cannot hold two ids)
+            same = not self.cfg.task_id and all(weights.get(j) is None for j in tasks)
+            return self.scorer.score(tasks, predict, same_policy=same)
+
+    def extra_eval_sets(self) -> dict[str, list[str]]:
+        return self.scorer.extra_sets()
+
+    def evaluate_extra(self, name: str) -> list[TaskScore]:
+        return self.scorer.score_extra(name, self._act)
+
+    def named_parameters(self):
+        return self.policy.named_parameters()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.policy.load_state_dict(weights)
+
+    def initial_weights(self, task: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self._fresh_policy(task).state_dict().items()}
+
+    def reset_model(self, task: int) -> None:
+        self.policy = self._fresh_policy(task)
+        self.model_task = task
+        self.optimizer, self.scheduler = self._optimizer(task)
+
+    def state(self) -> LearnerState:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "global_step": self._global_step,
+            "task": self.task,
+            "task_step": self.task_step,
+            "model_task": self.model_task,
+            "data_tasks": self.data_tasks,
+        }
+        return LearnerState(self.weights(), state)
+
+    def load_state(self, state: LearnerState, where: str) -> None:
+        from retain.checkpoint import check_shapes
+
+        s = state.state
+        self.policy = self._fresh_policy(s["model_task"])
+        check_shapes(self.policy.state_dict(), state.weights, where)
+        self.policy.load_state_dict(state.weights)
+        self.task, self.task_step, self.model_task = s["task"], s["task_step"], s["model_task"]
+        self.data_tasks, self._global_step = list(s["data_tasks"]), int(s["global_step"])
+        self.optimizer, self.scheduler = self._optimizer(self.task)
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+
+    def describe(self) -> list[str]:
+        c = self.cfg
+        return [
+            f"- offline BC: {c.updates_per_task} updates/task, batch {c.batch_size}, lr {c.lr} ({c.schedule.name}), "
+            f"loss `{self.policy.loss_kind}`, policy `{json.dumps(c.policy.__dict__)}`",
+            "- datasets: " + ", ".join(f"`{s}`" for s in self.sources),
+        ]
+
+    def summary(self, results: dict) -> dict[str, Any]:
+        return {"datasets": self.sources, "transitions": int(self.data.sizes.sum())}
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+def _tokens(spec):
+    from dataclasses import replace
+
+    return replace(spec, text_tokens=True)
+
+
+def _env_spaces(task: Task) -> tuple[gym.Space, gym.Space]:
+    from envs.registry import make_env
+
+    env = make_env(task.env, monitor=False)()
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def _shape_of(space: gym.Space):
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _shape_of(s) for k, s in space.spaces.items()}
+    return getattr(space, "shape", None)
+
+
+def _check_fits(task: Task, name: str, data, spaces: tuple[gym.Space, gym.Space]) -> None:
+    """The dataset's spaces are the task env's: a dataset of another task must not train silently."""
+    obs_space, act_space = spaces
+    if _shape_of(data.observation_space) != _shape_of(obs_space) or _shape_of(data.action_space) != _shape_of(
+        act_space
+    ):
+        raise DatasetError(
+            f"task {task.name!r}: dataset {name} has spaces {data.observation_space} / {data.action_space} but the "
+            f"task's env has {obs_space} / {act_space}",
+            "train each task on a dataset of its own env (or fix the task's env spec)",
+        )
+
+
+def _first_episodes(data, max_episodes: int | None) -> np.ndarray:
+    n = len(data.actions)
+    if max_episodes is None or max_episodes >= len(data.episode_starts):
+        return np.arange(n)
+    return np.arange(int(data.episode_starts[max_episodes]))
+
+
+def _take(obs, rows: np.ndarray):
+    if isinstance(obs, dict):
+        return {k: _take(v, rows) for k, v in obs.items()}
+    return np.asarray(obs)[rows]

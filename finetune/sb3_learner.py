@@ -1,0 +1,278 @@
+"""The SB3 learner: online RL with Stable-Baselines3 on the continual runner's ``Learner`` protocol.
+
+One SB3 algorithm (``agent/`` config) trains task after task; SB3 stays an unmodified dependency. Its
+budget unit is the environment step, and a chunk is a whole number of SB3 iterations (``learn()`` never
+stops mid-rollout). Every chunk re-derives all seeds from (seed, task, chunk) — global RNGs, the action
+space, the envs' next reset — so a chunk trains the same whether or not the process restarted before it.
+
+Continual methods reach SB3's own ``train()`` without a fork: a loss penalty and a gradient transform run in
+an optimizer step pre-hook (``register_step_pre_hook``) on each of the algorithm's optimizers — the penalty's
+gradient is added to ``.grad`` right before the step (after SB3's gradient clipping, for PPO/A2C).
+``stepping`` names the parameters of the optimizer stepping (SAC steps its critic and its actor apart).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from agents.sb3 import AgentConfig, build_model, load_model_state, model_state, rollout_size
+from envs.mixture import make_mixture_env
+from finetune.env_tasks import EnvScorer, EvalSettings, Task, swapped_weights
+from retain.learner import LearnerState, StepHooks, TaskScore
+from retain.seeding import derive_seed, seed_everything
+
+
+@dataclass
+class Sb3LearnerConfig:
+    """``learner=sb3``: online RL with the SB3 algorithm of the ``agent/`` group."""
+
+    name: str = "sb3"
+    """the learner (sb3 | offline)"""
+    reset_replay_buffer: bool = True
+    """off-policy agents: empty the replay buffer when the task changes (Continual World's default)"""
+
+
+class _TrackerWriter(KVWriter):
+    """Forwards SB3's logger records to the run's tracker under retain's metric prefixes."""
+
+    RENAME = {
+        "rollout/ep_rew_mean": "train/ep_return_mean",
+        "rollout/ep_len_mean": "train/ep_length_mean",
+        "rollout/success_rate": "train/success_rate",
+        "time/fps": "perf/fps",
+    }
+
+    def __init__(self, learner: Sb3Learner):
+        self.learner = learner
+
+    def write(self, key_values: dict, key_excluded: dict, step: int = 0) -> None:
+        metrics = {}
+        for key, value in key_values.items():
+            name = self.RENAME.get(key, key if key.startswith("train/") else None)
+            if name is not None and isinstance(value, int | float | np.floating | np.integer):
+                metrics[name] = float(value)
+        if metrics:
+            self.learner.log(metrics, self.learner.global_step + step - self.learner.chunk_start_timesteps)
+
+    def close(self) -> None:
+        pass
+
+
+class _ProgressCallback(BaseCallback):
+    def __init__(self, bar):
+        super().__init__()
+        self.bar = bar
+
+    def _on_training_start(self) -> None:
+        self._last = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.bar.update(self.model.num_timesteps - self._last)
+        self._last = self.model.num_timesteps
+
+
+class Sb3Learner:
+    """See the module docstring; the protocol is ``retain.learner.Learner``."""
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        agent: AgentConfig,
+        cfg: Sb3LearnerConfig,
+        evaluation: EvalSettings,
+        metric: str,
+        seed: int,
+        device: str = "auto",
+        extra: dict[str, list[Task]] | None = None,
+    ):
+        self.task_list, self.agent, self.cfg = tasks, agent, cfg
+        self.tasks = self.eval_tasks = [t.name for t in tasks]
+        self.metric, self.seed, self.device = metric, seed, device
+        self.scorer = EnvScorer(tasks, evaluation, metric, seed, extra or {})
+        self._fresh: dict[int, dict[str, torch.Tensor]] = {}
+        self._global_step = 0
+        self.chunk_start_timesteps = 0
+        self.hooks = StepHooks()
+        self.stepping: set[str] | None = None
+        self.log = lambda metrics, step: None
+        self.bar = None
+        self.model_task = 0
+        self.model: BaseAlgorithm = self._new_model(0, [0])
+
+    # -- models and envs ---------------------------------------------------------------------------------
+
+    def _train_env(self, data_tasks: list[int]) -> VecEnv:
+        thunks = [make_mixture_env([self.task_list[k].env for k in data_tasks]) for _ in range(self.agent.n_envs)]
+        if self.agent.vec_env == "subproc" and len(thunks) > 1:
+            return SubprocVecEnv(thunks, start_method="forkserver")
+        return DummyVecEnv(thunks)
+
+    def _new_model(self, task: int, data_tasks: list[int]) -> BaseAlgorithm:
+        """A fresh model, seeded by ``task`` (not by history), training on ``data_tasks``."""
+        if getattr(self, "model", None) is not None and self.model.env is not None:
+            self.model.env.close()
+        self.data_tasks = list(data_tasks)
+        model = build_model(self.agent, self._train_env(data_tasks), derive_seed(self.seed, "model", task), self.device)
+        self._install_hooks(model)
+        return model
+
+    def _install_hooks(self, model: BaseAlgorithm) -> None:
+        """Methods' penalties and gradient transforms, run right before each SB3 optimizer step."""
+        if not (self.hooks.has_penalty or self.hooks.has_gradient_transform):
+            return
+        names = {id(p): n for n, p in model.policy.named_parameters()}
+        optimizers = [
+            obj
+            for name in model._get_torch_save_params()[0]
+            if name != "policy" and isinstance(obj := _attr(model, name), torch.optim.Optimizer)
+        ]
+        for optimizer in optimizers:
+            params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in names]
+            if params:
+                optimizer.register_step_pre_hook(lambda opt, args, kwargs, params=params: self._before_step(params))
+
+    def _before_step(self, params: list[torch.nn.Parameter]) -> None:
+        names = {id(p): n for n, p in self.model.policy.named_parameters()}
+        self.stepping = {names[id(p)] for p in params}
+        try:
+            if self.hooks.has_penalty:
+                with torch.enable_grad():
+                    penalty = self.hooks.penalty(self)
+                if penalty is not None and penalty.requires_grad:
+                    grads = torch.autograd.grad(penalty, params, allow_unused=True)
+                    for p, g in zip(params, grads):
+                        if g is not None:
+                            p.grad = g.detach() if p.grad is None else p.grad + g.detach()
+            self.hooks.transform_gradients(self)
+        finally:
+            self.stepping = None
+
+    # -- the protocol ------------------------------------------------------------------------------------
+
+    @property
+    def global_step(self) -> int:
+        return self._global_step
+
+    def budget(self, task: int) -> int:
+        return self.task_list[task].steps
+
+    def granularity(self, task: int) -> int:
+        return rollout_size(self.agent)
+
+    def bind(self, log, hooks: StepHooks, progress) -> None:
+        self.log, self.hooks, self.bar = log, hooks, progress
+        self._install_hooks(self.model)
+
+    def prepare_task(self, task: int, data_tasks: list[int]) -> bool:
+        if list(data_tasks) != self.data_tasks:
+            self.model.env.close()
+            self.model.set_env(self._train_env(data_tasks), force_reset=True)
+            self.data_tasks = list(data_tasks)
+        if self.cfg.reset_replay_buffer and getattr(self.model, "replay_buffer", None) is not None:
+            self.model.replay_buffer.reset()
+        return False
+
+    def train_chunk(self, task: int, chunk: int, units: int) -> None:
+        model = self.model
+        chunk_seed = derive_seed(self.seed, "train", task, chunk)
+        seed_everything(chunk_seed)
+        model.set_random_seed(chunk_seed)  # global RNGs, the action space, and the envs' next reset
+        model._last_obs = None  # makes learn() reset the freshly seeded envs
+        model.set_logger(Logger(folder=None, output_formats=[_TrackerWriter(self)]))
+        self.chunk_start_timesteps = model.num_timesteps
+        t0 = time.perf_counter()
+        model.learn(units, reset_num_timesteps=False, callback=_ProgressCallback(self.bar), log_interval=1)
+        seconds = time.perf_counter() - t0
+        self._global_step += model.num_timesteps - self.chunk_start_timesteps
+        self.chunk_start_timesteps = model.num_timesteps
+        self.log({"perf/train_steps_per_second": units / max(seconds, 1e-9)}, self._global_step)
+
+    def _act(self, obs):
+        return self.model.predict(obs, deterministic=True)[0]
+
+    def evaluate(self, tasks: list[int], weights: dict[int, dict[str, torch.Tensor] | None]) -> dict[int, TaskScore]:
+        with swapped_weights(self.model.policy, weights, self._act) as predict:
+            return self.scorer.score(tasks, predict, same_policy=all(weights.get(j) is None for j in tasks))
+
+    def extra_eval_sets(self) -> dict[str, list[str]]:
+        return self.scorer.extra_sets()
+
+    def evaluate_extra(self, name: str) -> list[TaskScore]:
+        return self.scorer.score_extra(name, self._act)
+
+    def named_parameters(self):
+        return self.model.policy.named_parameters()
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.model.policy.load_state_dict(weights)
+
+    def initial_weights(self, task: int) -> dict[str, torch.Tensor]:
+        if task not in self._fresh:
+            agent = AgentConfig(**{**self.agent.__dict__, "hyperparams": dict(self.agent.hyperparams)})
+            if "buffer_size" in agent.hyperparams:
+                agent.hyperparams["buffer_size"] = 1  # only the policy is wanted, not a 1M-step buffer
+            env = DummyVecEnv([make_mixture_env([self.task_list[task].env]) for _ in range(agent.n_envs)])
+            model = build_model(agent, env, derive_seed(self.seed, "model", task), "cpu")
+            self._fresh[task] = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
+            env.close()
+        return self._fresh[task]
+
+    def reset_model(self, task: int) -> None:
+        self.model = self._new_model(task, [task])
+        self.model_task = task
+
+    def state(self) -> LearnerState:
+        weights, state, arrays = model_state(self.model)
+        state["learner"] = {
+            "model_task": getattr(self, "model_task", 0),
+            "data_tasks": self.data_tasks,
+            "global_step": self._global_step,
+        }
+        return LearnerState(weights, state, arrays)
+
+    def load_state(self, state: LearnerState, where: str) -> None:
+        own = state.state["learner"]
+        self.model = self._new_model(own["model_task"], own["data_tasks"])
+        self.model_task = own["model_task"]
+        load_model_state(self.model, state.weights, state.state, state.arrays, where)
+        self._global_step = int(own["global_step"])
+
+    def describe(self) -> list[str]:
+        """The report's lines on what trained."""
+        a = self.agent
+        return [
+            f"- agent: `{a.algo}` `{a.policy}` ×{a.n_envs} envs; replay buffer reset per task: {self.cfg.reset_replay_buffer}",
+            f"- hyper-parameters: `{json.dumps(a.hyperparams)}`",
+        ]
+
+    def summary(self, results: dict) -> dict[str, Any]:
+        return {"agent": self.agent.algo}
+
+    def close(self) -> None:
+        self.scorer.close()
+        if self.model is not None and self.model.env is not None:
+            self.model.env.close()
+
+
+def _attr(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

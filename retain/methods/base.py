@@ -1,0 +1,72 @@
+"""The continual-method protocol: a small set of hooks over the runner and the ``Learner`` protocol.
+
+A method never copies a training loop. Around each task it may change the model (``before_task``,
+``after_task``) and choose whose data the learner trains on (``train_tasks``); inside training it may add a
+loss penalty, transform gradients before the optimizer step, or change a batch (``StepHooks`` carry these to
+the learner, SB3 included); at evaluation it may choose the weights each task is scored with
+(``eval_weights``). Its state goes into every checkpoint. The same method works on RL, offline and text
+learners because it only sees named parameters, gradients and batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from retain.learner import Learner
+    from retain.runner import Runner
+
+
+@dataclass
+class MethodConfig:
+    """Every method's config has a name; a method adds its own fields in a subclass."""
+
+    name: str = "finetune"
+    """the method (a file in retain/methods/, a config in configs/method/)"""
+
+
+class Method:
+    """No-op hooks; a method overrides what it needs."""
+
+    Config: type[MethodConfig] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+
+    def train_tasks(self, task: int) -> list[int]:
+        """The tasks whose data (or envs) the learner trains on while training ``task``."""
+        return [task]
+
+    def before_task(self, run: Runner, task: int) -> bool:
+        """Before ``task`` trains (not called again when a run resumes inside it). Return True when this
+        replaced the learner's weights, so the runner measures where the task starts from again."""
+        return False
+
+    def after_task(self, run: Runner, task: int) -> None:
+        """After ``task`` trained and R's row was filled."""
+
+    def penalty(self, learner: Learner) -> torch.Tensor | None:
+        """A scalar added to every training loss (computed from ``learner.named_parameters()``)."""
+        return None
+
+    def transform_gradients(self, learner: Learner) -> None:
+        """Edit the parameters' ``.grad`` in place right before each optimizer step."""
+
+    def batch(self, learner: Learner, batch: Any) -> Any:
+        """The batch to train on instead of ``batch`` (e.g. mixed with earlier tasks' data)."""
+        return batch
+
+    def eval_weights(self, run: Runner, current: int, task: int) -> dict[str, torch.Tensor] | None:
+        """The weights to score ``task`` with while training ``current`` (-1: before the sequence); None: the
+        current weights, as a single-model method does."""
+        return None
+
+    def state_dict(self) -> dict:
+        """What resume needs (tensors, numbers, strings, lists and dicts: checkpoints load ``weights_only``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
