@@ -157,8 +157,9 @@ def describe(cfg: DictConfig, learner) -> list[str]:
     return lines + learner.describe()
 
 
-def run_sequence(cfg: DictConfig) -> dict:
-    """Train the sequence, fill R, and write results, summary and report into ``cfg.run_dir``."""
+def run_sequence(cfg: DictConfig, stop_after: int | None = None) -> dict:
+    """Train the sequence, fill R, and write results, summary and report into ``cfg.run_dir``; returns the
+    summary. ``stop_after`` (tests) stops after that many units as if the process were killed: ``{"stopped": True}``."""
     started = time.perf_counter()
     cfg.run_dir = str(cfg.run_dir)  # resolve ${now:...} once
     torch.set_num_threads(cfg.threads)
@@ -191,6 +192,7 @@ def run_sequence(cfg: DictConfig) -> dict:
             progress=cfg.progress,
             started=started,
         )
-        return runner.run()["summary"]
+        results = runner.run(stop_after=stop_after)
+        return {"stopped": True} if results["stopped"] else results["summary"]
     finally:
         learner.close()

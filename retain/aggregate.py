@@ -80,8 +80,11 @@ def _seeded(seed: int) -> Iterator[None]:
 def _intervals(scores, func: Callable, reps: int, confidence: float, seed: int) -> np.ndarray:
     """rliable's interval estimate of ``func`` over ``scores`` (one matrix, or a list of independently resampled
     ones): a 2 × k array of lower and upper bounds."""
+    import logging
+
     from rliable import library as rly  # heavy import (arch, pandas, statsmodels): only when comparing runs
 
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rliable logs "Calculating estimates" at INFO
     with _seeded(seed):
         _, cis = rly.get_interval_estimates({"scores": scores}, func, reps=reps, confidence_interval_size=confidence)
     return np.asarray(cis["scores"], dtype=np.float64).reshape(2, -1)

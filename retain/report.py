@@ -110,7 +110,8 @@ def label_of(run: dict) -> str:
         return "cpt · " + label
     method = summary.get("method") or cfg.get("method", {}).get("name", "?")
     sequence = summary.get("sequence") or cfg.get("sequence", {}).get("name", "?")
-    return f"{method} · {sequence}"
+    learner = summary.get("learner") or cfg.get("learner", {}).get("name", "sb3")
+    return f"{method} · {sequence}" + (f" · {learner}" if learner != "sb3" else "")
 
 
 def _curves(run: dict) -> dict[str, tuple[list[int], list[float]]]:

@@ -273,7 +273,7 @@ def _summary_lines(summary: dict, result: dict, run_dir: Path) -> list[str]:
     return lines
 
 
-def run_cpt(cfg: DictConfig) -> dict:
+def run_cpt(cfg: DictConfig, stop_after: int | None = None) -> dict:
     """Train the stages; write results (R over sources, losses), summary and report into ``cfg.run_dir``.
 
     Under torchrun every process runs this; the main one writes the run directory, the tokenizer and the
@@ -287,12 +287,12 @@ def run_cpt(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     parallel = init_parallel(cfg.parallel, device)
     try:
-        return _run(cfg, device, parallel, started)
+        return _run(cfg, device, parallel, started, stop_after)
     finally:
         shutdown()
 
 
-def _run(cfg: DictConfig, device: torch.device, parallel, started: float) -> dict:
+def _run(cfg: DictConfig, device: torch.device, parallel, started: float, stop_after: int | None) -> dict:
     main = parallel.is_main
     if main:
         paths = _source_paths(cfg)
@@ -346,7 +346,9 @@ def _run(cfg: DictConfig, device: torch.device, parallel, started: float) -> dic
         parallel=parallel,
         started=started,
     )
-    results = runner.run()
+    results = runner.run(stop_after=stop_after)
+    if results["stopped"]:  # tests: as if killed
+        return {"stopped": True}
     weights = parallel.model_state(model)  # a collective under FSDP: every process takes part
     if not main:
         return {"job": "cpt", "steps": results["global_step"]}
