@@ -154,7 +154,7 @@ def main() -> None:
                     f"BC step, MLP {hidden[0]}x{hidden[1]}",
                     *side_by_side(
                         lambda p=plain_policy: plain_loop(p, observations, actions, args.updates, args.batch_size),
-                        lambda l=learner, c=chunks: retain_loop(l, args.updates, args.batch_size, next(c)),
+                        lambda lr=learner, c=chunks: retain_loop(lr, args.updates, args.batch_size, next(c)),
                         args.repeats,
                     ),
                 )

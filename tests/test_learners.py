@@ -56,8 +56,14 @@ def data_root(tmp_path_factory):
         run_collect(
             load_config(
                 "collect",
-                ["sequence=pointmass4", "episodes=8", "dataset.ref_episodes=2", "workers=1", "progress=false",
-                 f"run_dir={root / 'collect'}"],
+                [
+                    "sequence=pointmass4",
+                    "episodes=8",
+                    "dataset.ref_episodes=2",
+                    "workers=1",
+                    "progress=false",
+                    f"run_dir={root / 'collect'}",
+                ],
             )
         )
     return root
