@@ -43,6 +43,9 @@ from retain.training.schedules import ScheduleConfig, build_scheduler, check_sch
 class DatasetNames:
     """Which datasets the tasks train on when a task names none: the ones ``retain collect`` wrote."""
 
+    path: str | None = None
+    """the one dataset of a one-task run (sequence=single): a dataset id, a dataset folder or a D4RL-layout
+    .hdf5 file; sequences name theirs per task (sequence.tasks[i].dataset)"""
     namespace: str = "retain"
     """dataset ids are <namespace>/<sequence>/<task>/<quality>-v0 (retain collect's dataset.namespace)"""
     quality: str = "expert"
@@ -134,7 +137,7 @@ class TaskData:
 
 def collect_command(sequence: str | None, task: Task, names: DatasetNames) -> str:
     """The ``retain collect`` command that writes the dataset ``task`` trains on by default."""
-    where = f"sequence={sequence}" if sequence else f"sequence=single env.id={task.env.id}"
+    where = f"sequence={sequence}" if sequence else f"sequence=single env={task.name}"
     extra = f" dataset.namespace={names.namespace}" if names.namespace != "retain" else ""
     return f"retain collect {where} dataset.quality={names.quality}{extra}"
 
@@ -143,6 +146,7 @@ class OfflineLearner:
     """See the module docstring; the protocol is ``retain.learner.Learner``."""
 
     higher_is_better = True
+    unit = "updates"
 
     def __init__(
         self,
@@ -197,15 +201,20 @@ class OfflineLearner:
     def _load(self, tasks: list[Task], sequence: str | None) -> tuple[list[str], list[dict], tuple]:
         """Every task's dataset, checked against the task's env before anything trains."""
         sources, parts, spaces = [], [], None
+        if self.cfg.dataset.path and len(tasks) > 1:
+            raise ConfigError(
+                f"learner.dataset.path names one dataset but the sequence has {len(tasks)} tasks",
+                "name each task's dataset in sequence.tasks[i].dataset, or use sequence=single",
+            )
         for task in tasks:
-            name = task.dataset or sequence_dataset_id(
+            name = task.dataset or self.cfg.dataset.path or sequence_dataset_id(
                 self.cfg.dataset.namespace, sequence, task.name, self.cfg.dataset.quality
             )
             if dataset_path(name) is None:
                 how = (
                     f"make it with `{collect_command(sequence, task, self.cfg.dataset)}`"
-                    if not task.dataset
-                    else "check sequence.tasks[].dataset (a dataset id, a dataset folder or a D4RL .hdf5 file)"
+                    if not (task.dataset or self.cfg.dataset.path)
+                    else "check the path: a dataset id, a dataset folder or a D4RL-layout .hdf5 file"
                 )
                 raise DatasetError(f"task {task.name!r}: dataset {name} not found", how)
             data = load_transitions(name)

@@ -88,6 +88,7 @@ class Sb3Learner:
     """See the module docstring; the protocol is ``retain.learner.Learner``."""
 
     higher_is_better = True
+    unit = "environment steps"
 
     def __init__(
         self,

@@ -173,6 +173,8 @@ def run_sequence(cfg: DictConfig, stop_after: int | None = None) -> dict:
             job="sequence",
             config=to_container(cfg),
             summary={
+                "label": f"{cfg.method.name} · {cfg.sequence.name}"
+                + (f" · {cfg.learner.name}" if cfg.learner.name != "sb3" else ""),
                 "sequence": cfg.sequence.name,
                 "method": cfg.method.name,
                 "learner": cfg.learner.name,

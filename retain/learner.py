@@ -85,6 +85,8 @@ class Learner(Protocol):
     metric: str
     """what R holds: success | return | normalized_return | loss | ..."""
     higher_is_better: bool
+    unit: str
+    """what budgets and the logging x-axis count: "environment steps", "updates", ..."""
 
     @property
     def global_step(self) -> int:

@@ -96,22 +96,21 @@ def _condition_overrides(run: dict) -> list[str]:
         overrides = yaml.safe_load(path.read_text()) if path.exists() else []
     except yaml.YAMLError:
         return []
-    keys = [str(o).lstrip("+~").split("=", 1) for o in overrides or []]
+    return condition_overrides(overrides or [])
+
+
+def condition_overrides(overrides: list[str]) -> list[str]:
+    """``key=value`` overrides that change what a run computes (seed and housekeeping keys left out)."""
+    keys = [str(o).lstrip("+~").split("=", 1) for o in overrides]
     return [f"{k}={v}" for k, *rest in keys for v in rest if k.split(".")[0].split("/")[0] not in _NOT_A_CONDITION]
 
 
 def label_of(run: dict) -> str:
-    """The condition a run belongs to; runs with one label are seeds of it. A cpt run is labelled by its
-    ``name`` (sweeping presets set it from what they vary, e.g. ``replay=0.05``), else by the overrides
-    it was launched with (seed left out), else by its stages."""
+    """The condition a run belongs to; runs with one label are seeds of it. The job names it in
+    ``summary.json`` (``label``: e.g. method · sequence, or a cpt run's ``name``); without one, the run's
+    ``name``, else the overrides it was launched with (seed left out)."""
     cfg, summary = run["config"], run["summary"]
-    if summary.get("job") == "cpt":
-        label = cfg.get("name") or " ".join(_condition_overrides(run)) or " → ".join(summary.get("stages", []))
-        return "cpt · " + label
-    method = summary.get("method") or cfg.get("method", {}).get("name", "?")
-    sequence = summary.get("sequence") or cfg.get("sequence", {}).get("name", "?")
-    learner = summary.get("learner") or cfg.get("learner", {}).get("name", "sb3")
-    return f"{method} · {sequence}" + (f" · {learner}" if learner != "sb3" else "")
+    return summary.get("label") or cfg.get("name") or " ".join(_condition_overrides(run)) or "?"
 
 
 def _curves(run: dict) -> dict[str, tuple[list[int], list[float]]]:
@@ -181,7 +180,7 @@ def plot_curves(runs: list[dict], path: Path) -> None:
         for b in runs[0]["results"].get("task_boundaries", [])[:-1]:
             ax.axvline(b, color="grey", ls="--", lw=0.8)
         ax.set_title(task)
-        ax.set_xlabel("updates" if runs[0]["summary"].get("job") == "cpt" else "environment steps")
+        ax.set_xlabel(runs[0]["results"].get("unit", "steps"))
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
         ax.set_ylabel(runs[0]["results"]["metric"])
     for k in range(len(tasks), rows * cols):

@@ -456,6 +456,7 @@ class Runner:
             )
         written = {k: results[k] for k in ("tasks", "matrix", "initial", "higher_is_better", "metric", "metrics")}
         written["task_boundaries"] = results["task_boundaries"]
+        written["unit"] = getattr(self.learner, "unit", "steps")
         if results["rows"] != results["tasks"]:
             written["stages"] = results["rows"]
         written["stability_gap"] = results["stability_gap"]

@@ -199,7 +199,8 @@ def test_sweep_report_groups_seeds_of_a_setting(tmp_path):
                 }
             )
         )
-        (run / "summary.json").write_text(json.dumps({"job": "cpt", "stages": ["upstream", "downstream"]}))
+        summary = {"job": "cpt", "label": f"cpt · replay={replay}", "stages": ["upstream", "downstream"]}
+        (run / "summary.json").write_text(json.dumps(summary))
         (run / "config.yaml").write_text(f"name: replay={replay}\nseed: {seed}\n")
     (sweep / "multirun.yaml").write_text("{}\n")
     assert [r.name for r in sweep_runs(sweep)] == sorted(r.name for r in sweep.iterdir() if r.is_dir())

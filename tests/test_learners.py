@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ from retain.config import load_config
 from retain.methods import METHODS
 from retain.methods.base import Method, MethodConfig
 from retain.runner import Runner
-from tests.conftest import TINY
+from tests.conftest import TINY, error_lines
 from tests.test_cpt_job import TINY as CPT_TINY
 
 OFFLINE = [
@@ -180,3 +181,50 @@ def test_cpt_step_hooks_reach_the_inner_step(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.CptLearner, "train_chunk", spy)
     _run("cpt", tmp_path / "run", "+method.mode=freeze", "method.name=probe", "train.weight_decay=0.0")
     assert seen and all(seen)  # every chunk trained with zero gradients left every weight as it was
+
+
+def test_a_missing_dataset_names_the_collect_command(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("RETAIN_DATA", str(tmp_path / "empty"))
+    proc = cli("sequence", "sequence=pointmass4", "learner=offline", "run_dir=out")
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert error_lines(proc) == [
+        "retain: error: task 'goal0': dataset retain/pointmass4/goal0/expert-v0 not found — make it with "
+        "`retain collect sequence=pointmass4 dataset.quality=expert`"
+    ]
+
+
+def test_offline_learner_trains_from_a_d4rl_file(tmp_path):
+    """A D4RL-layout file (here: the point mass expert's data written by write_d4rl) trains a one-task run."""
+    from envs.d4rl import write_d4rl
+    from envs.transitions import load_transitions
+
+    data = load_transitions("retain/pointmass4/goal0/expert-v0")
+    ends = np.zeros(len(data.actions), dtype=bool)
+    ends[np.asarray(data.episode_starts[1:]) - 1] = True
+    ends[-1] = True
+    path = write_d4rl(
+        tmp_path / "pointmass-goal0-expert.hdf5",
+        data.observations,
+        data.actions,
+        data.rewards,
+        terminals=np.zeros_like(ends),
+        timeouts=ends,
+        next_observations=data.next_observations,
+    )
+    summary = run_sequence(
+        load_config(
+            "sequence",
+            [
+                *OFFLINE[1:],
+                "sequence=single",
+                "env=pointmass",
+                f"learner.dataset.path={path}",
+                "learner.updates_per_task=300",
+                "chunks_per_task=1",
+                f"run_dir={tmp_path / 'run'}",
+            ],
+        )
+    )
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert summary["datasets"] == [str(path)] and summary["transitions"] == len(data.actions)
+    assert results["matrix"][0][0] > results["initial"][0]  # behaviour cloning learned the goal from the file

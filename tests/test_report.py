@@ -79,11 +79,12 @@ def fake_run(root, name, matrix, method="finetune", seed=0, higher_is_better=Tru
         "metric": "success" if higher_is_better else "loss",
         "metrics": continual_metrics(R, initial, higher_is_better),
     }
-    summary = {"job": "sequence", "method": method, "sequence": "seq", "seed": seed}
+    summary = {"job": "sequence", "label": f"{method} · seq", "method": method, "sequence": "seq", "seed": seed}
     config = {"seed": seed, "method": {"name": method}, "sequence": {"name": "seq"}}
     if cpt:  # a retain cpt run: labelled by its name; a stability gap per later stage
         results["stability_gap"] = cpt["gaps"]
-        summary = {"job": "cpt", "seed": seed, "stages": tasks, "knowledge_accuracy": cpt["knowledge"]}
+        summary = {"job": "cpt", "label": f"cpt · {cpt['label']}", "seed": seed, "stages": tasks}
+        summary["knowledge_accuracy"] = cpt["knowledge"]
         config = {"seed": seed, "name": cpt["label"]}
     (run_dir / "results.json").write_text(json.dumps(results))
     (run_dir / "summary.json").write_text(json.dumps(summary))

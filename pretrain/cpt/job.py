@@ -231,6 +231,24 @@ def _tokenize(cfg: DictConfig, paths: dict[str, Path], tokenizer) -> dict[str, T
     return sources
 
 
+def _condition(cfg: DictConfig, stages: list[str]) -> str:
+    """What tells this run's setting apart from others of a sweep (seeds of one setting share it): its ``name``
+    (presets set it from what they sweep), else the overrides it was launched with (seed left out), else its
+    stages."""
+    if cfg.name:
+        return str(cfg.name)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task if o.split("=")[0].lstrip("+~") not in _NOT_A_SETTING]
+    except ValueError:  # not launched by Hydra (tests, notebooks)
+        overrides = []
+    return " ".join(overrides) or " → ".join(stages)
+
+
+_NOT_A_SETTING = {"seed", "run_dir", "name", "resume", "progress", "device", "threads", "logger", "debug"}
+
+
 def describe(cfg: DictConfig) -> list[str]:
     """The report's "What was run" lines: the model, every stage, the run's schedule and method."""
     model = cfg.model
@@ -330,7 +348,7 @@ def _run(cfg: DictConfig, device: torch.device, parallel, started: float, stop_a
     outputs = RunOutputs(
         job="cpt",
         config=to_container(cfg),
-        summary={"seed": cfg.seed, "method": cfg.method.name},
+        summary={"seed": cfg.seed, "method": cfg.method.name, "label": "cpt · " + _condition(cfg, learner.tasks)},
         results={"stages": learner.tasks},
         description=describe(cfg),
     )

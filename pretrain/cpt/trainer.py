@@ -252,6 +252,7 @@ class CptLearner:
 
     metric = "loss"
     higher_is_better = False
+    unit = "updates"
 
     def __init__(
         self,
