@@ -183,7 +183,13 @@ def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
 
     def thunk() -> gym.Env:
         _register_family(spec.id)
-        env = _make_raw(spec)
+        try:
+            env = _make_raw(spec)
+        except TypeError as e:  # gymnasium passes kwargs through: a wrong one surfaces as a TypeError
+            raise ConfigError(
+                f"env {spec.id} rejected its arguments {dict(spec.kwargs)} ({str(e).splitlines()[0]})",
+                "fix env.kwargs (or the task's env kwargs) to what the env takes",
+            ) from e
         if spec.text_tokens:
             from envs.text import TextTokens
 

@@ -207,8 +207,10 @@ class OfflineLearner:
                 "name each task's dataset in sequence.tasks[i].dataset, or use sequence=single",
             )
         for task in tasks:
-            name = task.dataset or self.cfg.dataset.path or sequence_dataset_id(
-                self.cfg.dataset.namespace, sequence, task.name, self.cfg.dataset.quality
+            name = (
+                task.dataset
+                or self.cfg.dataset.path
+                or sequence_dataset_id(self.cfg.dataset.namespace, sequence, task.name, self.cfg.dataset.quality)
             )
             if dataset_path(name) is None:
                 how = (

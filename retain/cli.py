@@ -63,7 +63,7 @@ def _validate(job: str, overrides: list[str]):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from retain.config import load_config
+    from retain.config import check_common, load_config
 
     parser = OverridesParser.create()
     for override in overrides:
@@ -81,6 +81,7 @@ def _validate(job: str, overrides: list[str]):
         raise UserError(
             f"bad override for `retain {job}`: {_hydra_error(e)}", f"see `retain {job} --help` for the groups and keys"
         ) from e
+    check_common(cfg)
     return cfg
 
 

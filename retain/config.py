@@ -58,3 +58,16 @@ def to_container(cfg: Any) -> Any:
     if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     return cfg
+
+
+def check_common(cfg: Any) -> None:
+    """The keys every job takes, checked before any work: ConfigError naming the key and the fix."""
+    from retain.device import resolve_device
+    from retain.errors import ConfigError
+
+    if int(cfg.threads) < 1:
+        raise ConfigError(f"threads={cfg.threads}", "use threads >= 1 (torch intra-op threads per process)")
+    resolve_device(cfg.device)
+    mode = cfg.logger.wandb_mode
+    if mode not in ("offline", "online", "disabled"):
+        raise ConfigError(f"logger.wandb_mode={mode!r} is not a wandb mode", "use offline, online or disabled")

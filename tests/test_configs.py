@@ -54,6 +54,20 @@ def test_sequence_options_build_their_tasks(option):
     assert len(tasks) == (1 if cfg.sequence.from_env else len(cfg.sequence.tasks)) >= 1
 
 
+@pytest.mark.parametrize("option", options("learner"))
+def test_learner_options_are_typed_by_their_learner(option):
+    from finetune.offline_learner import OfflineLearnerConfig
+    from finetune.sb3_learner import Sb3LearnerConfig
+    from finetune.sequence import _learner_config
+
+    cfg = load_config("sequence", [f"learner={option}"])
+    schema = {"sb3": Sb3LearnerConfig, "offline": OfflineLearnerConfig}[option]
+    assert isinstance(_learner_config(cfg, schema), schema)  # every key of the yaml is a field of the schema
+    bad = load_config("sequence", [f"learner={option}", "+learner.no_such_key=1"])
+    with pytest.raises(ConfigError, match="no_such_key"):
+        _learner_config(bad, schema)
+
+
 @pytest.mark.parametrize("option", options("env"))
 def test_env_options_make_envs(option):
     cfg = load_config("sequence", [f"env={option}", "sequence=single"])

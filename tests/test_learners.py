@@ -6,6 +6,10 @@ optimizer's step pre-hooks)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +22,7 @@ from retain.config import load_config
 from retain.methods import METHODS
 from retain.methods.base import Method, MethodConfig
 from retain.runner import Runner
-from tests.conftest import TINY, error_lines
+from tests.conftest import RETAIN, TINY, error_lines, run_cli
 from tests.test_cpt_job import TINY as CPT_TINY
 
 OFFLINE = [
@@ -228,3 +232,68 @@ def test_offline_learner_trains_from_a_d4rl_file(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert summary["datasets"] == [str(path)] and summary["transitions"] == len(data.actions)
     assert results["matrix"][0][0] > results["initial"][0]  # behaviour cloning learned the goal from the file
+
+
+def test_sigkill_then_resume_offline(tmp_path):
+    """The offline learner killed by SIGKILL after a mid-task checkpoint resumes to the uninterrupted result."""
+    budget = [*OFFLINE, "learner.updates_per_task=200", "chunks_per_task=4", "eval.during=current"]
+    reference = run_cli("sequence", *budget, f"run_dir={tmp_path / 'reference'}", cwd=tmp_path)
+    assert reference.returncode == 0, error_lines(reference)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [RETAIN, "sequence", *budget, f"run_dir={killed}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill inside the second task
+        pointer = killed / "checkpoints" / "latest.json"
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 250:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = run_cli("sequence", *budget, f"run_dir={killed}", "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, error_lines(resumed)
+    assert _scores(killed) == _scores(tmp_path / "reference")
+
+
+def test_babyai_missions_reach_the_policy_as_words(tmp_path, monkeypatch):
+    """Dict observations with a text mission (BabyAI): the bot's demos train a policy whose encoder embeds the
+    mission's hashed words, and it is evaluated in envs whose missions are encoded the same way."""
+    from envs.collect import run_collect
+    from finetune.offline_learner import OfflineLearner
+
+    monkeypatch.setenv("RETAIN_DATA", str(tmp_path / "data"))
+    run_collect(
+        load_config(
+            "collect",
+            [
+                "sequence=babyai4",
+                "episodes=3",
+                "dataset.ref_episodes=1",
+                "workers=1",
+                "progress=false",
+                f"run_dir={tmp_path / 'collect'}",
+            ],
+        )
+    )
+    overrides = [
+        "sequence=babyai4",
+        "learner=offline",
+        "learner.updates_per_task=20",
+        "chunks_per_task=1",
+        "sequence.eval_episodes=2",
+        "eval.during=none",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    cfg = load_config("sequence", overrides)
+    learner = build_learner(cfg, build_tasks(cfg)[:2])
+    assert isinstance(learner, OfflineLearner)
+    assert type(learner.policy.encoder.parts["mission"]).__name__ == "TokenEncoder"
+    results = Runner(learner, METHODS["finetune"](MethodConfig()), tmp_path / "run").run()
+    learner.close()
+    assert len(results["matrix"]) == 2 and all(0.0 <= v <= 1.0 for row in results["matrix"] for v in row)
