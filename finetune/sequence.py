@@ -59,9 +59,9 @@ class SequenceJobConfig(RunConfig):
     env: EnvSpec = field(default_factory=EnvSpec)
     """the env of single-task runs (sequence=single)"""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    extra_eval: dict[str, list[TaskConfig]] = field(default_factory=dict)
+    extra_eval: dict[str, Any] = field(default_factory=dict)
     """further evaluation sets, scored before the sequence and after every task (e.g. pretraining tasks, for
-    retention): {set name: [tasks]}; each becomes a T x K matrix in results.json"""
+    retention): {set name: [tasks as in a sequence config]}; each becomes a T x K matrix in results.json"""
     chunks_per_task: int = 10
     """evaluation + checkpoint points per task"""
 
@@ -79,9 +79,15 @@ def _learner_config(cfg: DictConfig, schema: type) -> Any:
 def _extra_tasks(cfg: DictConfig, steps: int) -> dict[str, list[Task]]:
     out = {}
     for name, tasks in cfg.extra_eval.items():
-        if "/" in name or not tasks:
-            raise ConfigError(f"extra_eval set {name!r} is empty or has a '/' in its name", "name it and list tasks")
-        out[name] = [Task(t.name, OmegaConf.to_object(t.env), steps) for t in tasks]
+        if "/" in name or not tasks or not OmegaConf.is_list(tasks):
+            raise ConfigError(f"extra_eval.{name} is not a list of tasks", "give it tasks as a sequence lists them")
+        try:
+            typed = [OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), t)) for t in tasks]
+        except OmegaConfBaseException as e:
+            raise ConfigError(
+                f"extra_eval.{name}: {str(e).splitlines()[0]}", "give {name, env: {id, ...}} per task"
+            ) from e
+        out[name] = [Task(t.name, t.env, steps) for t in typed]
     return out
 
 

@@ -245,6 +245,7 @@ def write_report(run_dir: str | Path) -> Path:
         f"![results heatmap]({HEATMAP})",
         "",
         *_gap_lines(run["results"]),
+        *_extra_lines(run["results"]),
         *_probe_lines(run["results"]),
         "## Per-task curves (dashed: task boundaries)",
         "",
@@ -274,6 +275,30 @@ def _gap_lines(res: dict) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     return [*head, *rows, ""] if rows else [head[0], "", "No task got worse during a later stage.", ""]
+
+
+def _extra_lines(res: dict) -> list[str]:
+    """Each extra evaluation set (e.g. pretraining tasks): its scores before the sequence and after every task,
+    and how much of them the sequence cost (``retain.metrics.retention_metrics``)."""
+    lines = []
+    rows = res.get("stages") or res["tasks"]
+    for name, extra in (res.get("extra") or {}).items():
+        m = extra["metrics"]
+        lines += [
+            f"## Extra evaluation set `{name}` ({res['metric']}; not trained in the sequence)",
+            "",
+            f"forgetting (initial − final, oriented so positive is worse): {_fmt(m.get('forgetting'))}; "
+            f"max forgetting: {_fmt(m.get('max_forgetting'))}; average: {_fmt(m.get('initial_average'))} before, "
+            f"{_fmt(m.get('average'))} after",
+            "",
+            "| after \\ eval | " + " | ".join(extra["tasks"]) + " |",
+            "|---" * (len(extra["tasks"]) + 1) + "|",
+        ]
+        if extra.get("initial") is not None:
+            lines.append("| initial | " + " | ".join(_fmt(v) for v in extra["initial"]) + " |")
+        lines += [f"| {task} | " + " | ".join(_fmt(v) for v in row) + " |" for task, row in zip(rows, extra["matrix"])]
+        lines.append("")
+    return lines
 
 
 def _probe_lines(res: dict) -> list[str]:

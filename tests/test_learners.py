@@ -297,3 +297,25 @@ def test_babyai_missions_reach_the_policy_as_words(tmp_path, monkeypatch):
     results = Runner(learner, METHODS["finetune"](MethodConfig()), tmp_path / "run").run()
     learner.close()
     assert len(results["matrix"]) == 2 and all(0.0 <= v <= 1.0 for row in results["matrix"] for v in row)
+
+
+def test_extra_evaluation_sets_give_a_retention_matrix(tmp_path):
+    """Tasks never trained in the sequence (two goals between the sequence's four) are scored before it and
+    after every task: a T × K matrix in results.json with retention metrics, and a section of the report."""
+    held_out = (
+        "+extra_eval.held_out=["
+        + ",".join(
+            f"{{name: goal{k}, env: {{id: 'retain/PointMass-v0', kwargs: {{goal_index: {k}}}}}}}" for k in (1, 3)
+        )
+        + "]"
+    )
+    summary = _run("offline", tmp_path, held_out)
+    results = json.loads((tmp_path / "results.json").read_text())
+    held = results["extra"]["held_out"]
+    assert held["tasks"] == ["goal1", "goal3"] and len(held["matrix"]) == 4 and len(held["initial"]) == 2
+    metrics = held["metrics"]
+    assert metrics["forgetting"] == pytest.approx(sum(a - b for a, b in zip(held["initial"], held["matrix"][-1])) / 2)
+    assert "held_out/forgetting" in summary
+    assert "## Extra evaluation set `held_out`" in (tmp_path / "report.md").read_text()
+    logged = "".join((tmp_path / "metrics.jsonl").read_text().splitlines())
+    assert "eval/held_out/goal1/success" in logged
