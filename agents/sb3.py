@@ -69,6 +69,12 @@ def check_agent(cfg: AgentConfig, action_space: gym.Space, task: str) -> None:
             f"agent {cfg.algo} needs continuous (Box) actions but task {task!r} has {action_space}",
             "use agent=ppo for discrete actions",
         )
+    train_freq = cfg.hyperparams.get("train_freq", 1)
+    if not isinstance(train_freq, int) and str(list(train_freq)[-1]).lower().startswith("episode"):
+        raise ConfigError(
+            f"agent.hyperparams.train_freq={list(train_freq)} counts episodes",
+            "give it in steps (e.g. train_freq=1 or [50, step]): retain trains in chunks of whole steps",
+        )
     if cfg.algo in DISCRETE_ONLY and not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(
             f"agent {cfg.algo} needs Discrete actions but task {task!r} has {action_space}",
@@ -127,6 +133,7 @@ def model_state(model: BaseAlgorithm) -> tuple[dict[str, torch.Tensor], dict, di
         "num_timesteps": int(model.num_timesteps),
         "n_updates": int(getattr(model, "_n_updates", 0)),
         "episode_num": int(getattr(model, "_episode_num", 0)),
+        "n_calls": int(getattr(model, "_n_calls", 0)),  # DQN: when its target network updates
         "ep_info_buffer": [dict(e) for e in (model.ep_info_buffer or [])],
         "ep_success_buffer": [float(s) for s in (model.ep_success_buffer or [])],
     }
@@ -137,8 +144,11 @@ def model_state(model: BaseAlgorithm) -> tuple[dict[str, torch.Tensor], dict, di
         end = buffer.buffer_size if buffer.full else buffer.pos
         for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
             value = getattr(buffer, name, None)
-            if isinstance(value, np.ndarray):
-                arrays[f"replay.{name}"] = torch.from_numpy(np.ascontiguousarray(value[:end]))
+            parts = value.items() if isinstance(value, dict) else [(None, value)]  # DictReplayBuffer: per key
+            for key, array in parts:
+                if isinstance(array, np.ndarray):
+                    full = f"replay.{name}" + (f".{key}" if key is not None else "")
+                    arrays[full] = torch.from_numpy(np.ascontiguousarray(array[:end]))
     return model.policy.state_dict(), state, arrays
 
 
@@ -156,6 +166,8 @@ def load_model_state(
     model._n_updates = state["n_updates"]
     if hasattr(model, "_episode_num"):
         model._episode_num = state["episode_num"]
+    if hasattr(model, "_n_calls"):
+        model._n_calls = state.get("n_calls", 0)
     from collections import deque
 
     model.ep_info_buffer = deque(state["ep_info_buffer"], maxlen=model._stats_window_size)
@@ -164,6 +176,7 @@ def load_model_state(
         buffer = model.replay_buffer
         buffer.pos, buffer.full = state["replay"]["pos"], state["replay"]["full"]
         for key, value in arrays.items():
-            name = key.removeprefix("replay.")
+            name, _, part = key.removeprefix("replay.").partition(".")
             target = getattr(buffer, name)
+            target = target[part] if part else target
             target[: len(value)] = value.numpy()

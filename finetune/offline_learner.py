@@ -266,6 +266,8 @@ class OfflineLearner:
         self.task, self.task_step, self.data_tasks = task, 0, list(data_tasks)
         if self.cfg.reset_optimizer or task == 0:
             self.optimizer, self.scheduler = self._optimizer(task)
+        else:  # AdamW's moments carry over; the schedule runs over this task's updates (the peak is kept)
+            self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.budget(task))
         return False
 
     def train_chunk(self, task: int, chunk: int, units: int) -> None:

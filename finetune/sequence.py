@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import gymnasium as gym
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -87,6 +88,16 @@ def _extra_tasks(cfg: DictConfig, steps: int) -> dict[str, list[Task]]:
             raise ConfigError(
                 f"extra_eval.{name}: {str(e).splitlines()[0]}", "give {name, env: {id, ...}} per task"
             ) from e
+        names = [t.name for t in typed]
+        if len(set(names)) != len(names) or any("/" in n or not n for n in names):
+            raise ConfigError(f"extra_eval.{name} task names {names}", "give each a distinct short name without '/'")
+        if cfg.sequence.metric == "normalized_return" and any(
+            t.env.ref_min_score is None or t.env.ref_max_score is None for t in typed
+        ):
+            raise ConfigError(
+                f"metric normalized_return needs reference scores on every extra_eval.{name} task",
+                "set env.ref_min_score and env.ref_max_score on each",
+            )
         out[name] = [Task(t.name, t.env, steps) for t in typed]
     return out
 
@@ -122,6 +133,11 @@ def build_learner(cfg: DictConfig, tasks: list[Task]):
             "each must be at least 1",
         )
     extra = _extra_tasks(cfg, tasks[0].steps)
+    if evaluation.workers > 1 and isinstance(check_spaces(tasks[:1])[0], gym.spaces.Dict):
+        raise ConfigError(
+            "eval.workers > 1 steps envs in worker processes, which batch only array observations (not Dict)",
+            "use eval.workers=1 for tasks with Dict observations",
+        )
     if cfg.learner.name == "sb3":
         from finetune.sb3_learner import Sb3Learner, Sb3LearnerConfig
 

@@ -84,7 +84,9 @@ class Boundary:
 
 def task_plan(budget: int, granularity: int, schedule: Schedule) -> list[Boundary]:
     """The chunk ends of one task: whole multiples of ``granularity`` (the budget rounded up to one), each
-    flagged for evaluation and checkpointing; the last one is the task's end and does both."""
+    flagged for evaluation and checkpointing; the last one is the task's end and does both. A period that is
+    not a multiple of the granularity (``every=1000`` env steps with SB3 rollouts of 2048) fires at the first
+    chunk end at or past each of its multiples."""
     granularity = max(1, int(granularity))
     pieces = max(1, math.ceil(budget / granularity))
     total = pieces * granularity
@@ -95,19 +97,24 @@ def task_plan(budget: int, granularity: int, schedule: Schedule) -> list[Boundar
         sparse = {int(p) * granularity for p in np.cumsum(sizes)[:-1]}
     else:
         sparse = set()
+
+    def crosses(units: int, period: int) -> bool:
+        # a multiple of `period` lies in (units - granularity, units]: the first chunk end at or past it
+        return units // period > (units - granularity) // period
+
     points = []
     for piece in range(1, pieces):
         units = piece * granularity
         if schedule.dense_every and units <= schedule.dense_until_fraction * total:
-            evaluate = units % schedule.dense_every == 0
+            evaluate = crosses(units, schedule.dense_every)
         elif schedule.every is not None:
-            evaluate = schedule.every > 0 and units % schedule.every == 0 and units > 0
+            evaluate = schedule.every > 0 and crosses(units, schedule.every)
         else:
             evaluate = units in sparse
         if schedule.checkpoint_every is None:
             checkpoint = evaluate
         else:
-            checkpoint = schedule.checkpoint_every > 0 and units % schedule.checkpoint_every == 0
+            checkpoint = schedule.checkpoint_every > 0 and crosses(units, schedule.checkpoint_every)
         if evaluate or checkpoint:
             points.append(Boundary(units, evaluate, checkpoint))
     return [*points, Boundary(total, True, True)]
@@ -283,7 +290,7 @@ class Runner:
             meta = {"job": self.outputs.job, "task": task, "chunk": chunk, "config": self.outputs.config}
             save_checkpoint(
                 self.run_dir / CHECKPOINTS,
-                self.learner.global_step,
+                self.units_done,  # only grows (a CPT stage may restart or copy its step counter)
                 learner_state.weights,
                 state,
                 meta=meta,

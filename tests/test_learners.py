@@ -319,3 +319,19 @@ def test_extra_evaluation_sets_give_a_retention_matrix(tmp_path):
     assert "## Extra evaluation set `held_out`" in (tmp_path / "report.md").read_text()
     logged = "".join((tmp_path / "metrics.jsonl").read_text().splitlines())
     assert "eval/held_out/goal1/success" in logged
+
+
+def test_a_kept_optimizer_still_runs_each_tasks_schedule(tmp_path):
+    cfg = load_config(
+        "sequence",
+        [*OFFLINE, "learner.reset_optimizer=false", "learner.schedule.name=cosine", f"run_dir={tmp_path}"],
+    )
+    learner = build_learner(cfg, build_tasks(cfg))
+    learner.prepare_task(0, [0])
+    learner.train_chunk(0, 0, 40)
+    assert learner.scheduler.get_last_lr()[0] < 0.2 * cfg.learner.lr  # decayed by task 0's end
+    moments = {p: s["exp_avg"].clone() for p, s in learner.optimizer.state.items()}
+    learner.prepare_task(1, [1])
+    assert learner.scheduler.get_last_lr()[0] == pytest.approx(cfg.learner.lr)  # task 1's own schedule, from its peak
+    assert moments and all(torch.equal(learner.optimizer.state[p]["exp_avg"], m) for p, m in moments.items())
+    learner.close()

@@ -96,6 +96,10 @@ def test_sb3_chunks_are_whole_iterations():
     assert ends(10_000, 1024, 3) == [4096, 7168, 10240]
     assert ends(100, 1024, 10) == [1024]
     assert ends(2048, 1024, 10) == [1024, 2048]
+    # a period that is no multiple of the rollout fires at the first chunk end past each of its multiples
+    dense = task_plan(20480, 2048, Schedule(dense_every=1000, dense_until_fraction=0.5, chunks_per_task=2))
+    assert [b.end for b in dense if b.evaluate] == [2048, 4096, 6144, 8192, 10240, 20480]
+    assert [b.end for b in task_plan(1000, 7, Schedule(every=100))][:3] == [105, 203, 301]
 
 
 def test_resume_with_a_changed_config_is_refused(tmp_path):

@@ -174,8 +174,12 @@ def _check(cfg: DictConfig) -> None:
         raise ConfigError("retain cpt needs sources and stages", "see configs/cpt.yaml for the default two-stage run")
     if cfg.parallel not in MODES:
         raise ConfigError(f"unknown parallel={cfg.parallel!r}", f"use one of {', '.join(MODES)}")
+    method = make_method(cfg.method)  # its config checked before anything is written
+    if method.cfg.name == "reset" and cfg.parallel == "fsdp":
+        raise ConfigError("method=reset with parallel=fsdp", "use parallel=ddp (or none) with method=reset")
     train = OmegaConf.to_object(cfg.train)
     use_bf16(train.precision, torch.device("cpu"))  # raises on an unknown precision
+    runner_schedule(train, OmegaConf.to_object(cfg.eval)).check()
     for stage in job_stages(cfg):
         check_schedule(stage.schedule, stage_steps(stage, train))  # before anything is written
         for name in list(stage.mix) + list(stage.replay):

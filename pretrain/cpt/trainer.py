@@ -278,7 +278,8 @@ class CptLearner:
         self.bf16 = use_bf16(train.precision, self.device)
         self.flops_token = flops_per_token(model, train.seq_len)
         self.peak = peak_flops(self.device, train.peak_tflops)
-        self.start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # on the CPU: a second copy of a pretrained model must not take accelerator memory
+        self.start_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.train_model = self.parallel.wrap(model)  # FSDP2 shards `model` in place; DDP wraps it
         self.forward = maybe_compile(self.train_model, train.compile)
         self.val = {
@@ -295,6 +296,7 @@ class CptLearner:
         self.sampler: MixtureSampler | None = None
         self.stage, self.stage_step, self.offset = -1, 0, 0
         self.sched_pos = 0  # schedule position where the previous stage stopped (inherit.scheduler)
+        self.fresh = False  # reset_model ran: the next stage inherits nothing
         self.hooks, self.bar = StepHooks(), None
         self.log = lambda metrics, step: None
 
@@ -343,8 +345,10 @@ class CptLearner:
         src_full = False  # src_opt is this run's live (per-process) state, not a checkpoint's
         src_pos = self.sched_pos
         src_sampler = self.sampler.state_dict() if self.sampler is not None else None
-        source = _checkpoint_source(self.stages, i, self.ckpt_root)
-        if source is not None:
+        source = None if self.fresh else _checkpoint_source(self.stages, i, self.ckpt_root)
+        if self.fresh:  # a fresh model for this stage (method=reset): nothing of the previous one carries over
+            src_opt, src_sampler = None, None
+        elif source is not None:
             c_weights, c_state = _learner_part(source)
             if inh.weights and i > 0:  # stage 0's were loaded before `initial`
                 parallel.load_model_state(model, c_weights)
@@ -353,7 +357,7 @@ class CptLearner:
             src_sampler = c_state.get("sampler")
             if inh.step and inh.from_checkpoint != PRE_ANNEAL:  # a branch within this run keeps counting on
                 self._global_step = int(c_state.get("global_step", 0))
-        elif i > 0 and not inh.weights:
+        if i > 0 and not inh.weights and not self.fresh:  # back to the weights the run started from
             parallel.load_model_state(model, self.start_weights)
         if not inh.step:
             self._global_step = 0
@@ -369,7 +373,7 @@ class CptLearner:
         self.sampler = self._sampler(i, data_tasks, data_seed)
         self.sampler.step = data_step
         self.stage, self.stage_step, self.data_tasks = i, 0, list(data_tasks)
-        self.sched_pos = self.offset
+        self.sched_pos, self.fresh = self.offset, False
         # The stability gap is measured from where the stage starts: the previous row of R, unless the weights
         # just changed (from a checkpoint, or back to the start), which needs an evaluation there.
         return i > 0 and (source is not None or not inh.weights)
@@ -441,7 +445,8 @@ class CptLearner:
         own = None
         for j in tasks:
             if weights.get(j) is not None:
-                own = own or self.weights()
+                if own is None:
+                    own = self.weights()
                 self.load_weights(weights[j])
             loss = evaluate(self.train_model, self.val[self.eval_tasks[j]], self.parallel, self.bf16)
             if weights.get(j) is not None:
@@ -466,8 +471,13 @@ class CptLearner:
         return self.start_weights
 
     def reset_model(self, task: int) -> None:
+        if self.parallel.sharded:
+            raise ConfigError(
+                "method=reset keeps a model per stage, which parallel=fsdp does not gather on every process",
+                "use parallel=ddp (or none) with method=reset",
+            )
         self.parallel.load_model_state(self.model, self.start_weights)
-        self.optimizer = None  # the stage's own optimizer starts empty
+        self.optimizer, self.sampler, self.sched_pos, self.fresh = None, None, 0, True
 
     def state(self) -> LearnerState:
         state = {
