@@ -101,6 +101,22 @@ def _choose_gl_backend() -> None:
         os.environ["MUJOCO_GL"] = "egl" if os.path.exists("/dev/dri") or os.path.exists("/dev/nvidia0") else "osmesa"
 
 
+class SeededTaskVariant(gym.Wrapper):
+    """Make ``reset(seed=s)`` pick Meta-World's goal variant from ``s``.
+
+    Meta-World's MT1 env draws one of the task's 50 goal variants at every reset (``RandomTaskSelectWrapper``)
+    from the env's generator *before* the reset's seed reaches it, so the variant an episode gets depends on
+    the episodes before it: evaluating the same policy twice with the same seeds gave different scores, and a
+    collected dataset depended on which worker rolled which episode. Seeding that generator first makes an
+    episode a function of its seed. Unseeded resets (training) keep drawing variants at random.
+    """
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.unwrapped.np_random = np.random.default_rng(seed)
+        return self.env.reset(seed=seed, options=options)
+
+
 class PixelObservation(gym.ObservationWrapper):
     """Replace the observation by the rendered frame (uint8, size×size×3)."""
 
@@ -149,7 +165,7 @@ def _make_raw(spec: EnvSpec) -> gym.Env:
     if spec.max_episode_steps is not None:
         kwargs["max_episode_steps"] = spec.max_episode_steps
     if spec.id in METAWORLD_IDS:
-        # Meta-World's `seed` kwarg picks the task's goal variant: part of the task, so fixed (default 0).
+        # Meta-World's `seed` kwarg seeds the task's 50 goal variants: part of the task, so fixed (default 0).
         kwargs.setdefault("seed", 0)
     if spec.pixels and not spec.id.startswith("retain/"):
         _choose_gl_backend()
@@ -159,6 +175,8 @@ def _make_raw(spec: EnvSpec) -> gym.Env:
 
         return make_babyai(spec.id, **kwargs)
     env = gym.make(spec.id, **kwargs)
+    if spec.id in METAWORLD_IDS:
+        env = SeededTaskVariant(env)
     if spec.pixels and not spec.id.startswith("retain/"):
         env = PixelObservation(env, spec.pixels)
     if spec.id.startswith("dm_control/") and not spec.pixels:
