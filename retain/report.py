@@ -261,7 +261,7 @@ def _gap_lines(res: dict) -> list[str]:
     gaps = res.get("stability_gap") or []
     if not gaps:
         return []
-    stages = res.get("stages") or [f"{i}" for i in range(len(gaps))]
+    stages = res.get("stages") or res["tasks"]
     rows = [
         f"| {stage} | {task} | {_fmt(g['depth'])} | {g['worst_step']} | {g['recovery_step'] or '—'} | {_fmt(g.get('end'))} |"
         for stage, per_task in list(zip(stages, gaps))[1:]
@@ -307,7 +307,7 @@ def _probe_lines(res: dict) -> list[str]:
     if not probes.get("stages"):
         return []
     keys = sorted({k for row in [probes.get("initial", {}), *probes["stages"]] for k in row})
-    stages = res.get("stages") or [f"{i}" for i in range(len(probes["stages"]))]
+    stages = res.get("stages") or res["tasks"]
     lines = ["## Probes", "", "| after | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, row in [("(start)", probes.get("initial", {})), *zip(stages, probes["stages"])]:
         lines.append(f"| {name} | " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
@@ -383,7 +383,7 @@ def _per_task_matrices(members: list[dict]) -> tuple[dict, dict]:
     gaps = [m["results"].get("stability_gap") for m in members]
     if all(gaps):
         sign = 1.0 if members[0]["results"]["higher_is_better"] else -1.0
-        stages = members[0]["summary"].get("stages") or [str(i) for i in range(len(gaps[0]))]
+        stages = members[0]["results"].get("stages") or members[0]["summary"].get("stages") or tasks
         for i in range(1, len(gaps[0])):
             for j, task in enumerate(tasks[:i]):
                 found = [(g[i][task], m["results"]["matrix"]) for g, m in zip(gaps, members) if task in g[i]]
