@@ -147,7 +147,9 @@ def _check_run_dir(cfg) -> None:
             raise UserError(
                 f"resume=true but {run_dir} holds no run", "pass run_dir= of the run to continue, or drop resume=true"
             )
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    # Hydra's own files (.hydra/, <job>.log) do not make a run: under torchrun another process's Hydra may
+    # have written them a moment before this check
+    elif run_dir.exists() and any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
         raise UserError(
             f"run directory {run_dir} is not empty",
             "pass resume=true to continue the run there, or choose another run_dir=",

@@ -27,7 +27,7 @@ def test_job_help_and_cfg_work_as_in_hydra(cli):
     helped = cli("sequence", "--help")
     assert helped.returncode == 0 and "retain sequence: continual learning over a task sequence" in helped.stdout
     assert (
-        "sequence: babyai4, cw10, cw20, dmc6, frozenlake_goals" in helped.stdout
+        "sequence: babyai4, cw10, cw20, cw4, dmc6, frozenlake_goals" in helped.stdout
         and "method: finetune, multitask, reset" in helped.stdout
         and "learner: offline, sb3" in helped.stdout
     )
