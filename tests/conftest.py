@@ -41,3 +41,27 @@ def cli(tmp_path):
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     """stderr lines that are not warnings printed by libraries."""
     return [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and not ln.startswith("  ")]
+
+
+def sigkill_after_checkpoint(args: list[str], run_dir: Path, min_step: int, timeout: float = 300) -> int:
+    """Start ``retain <args> run_dir=<run_dir>`` and SIGKILL it once a checkpoint at ``min_step`` or later
+    exists; returns the process's return code (``-SIGKILL`` when it was killed)."""
+    import json
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [RETAIN, *args, f"run_dir={run_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        pointer = run_dir / "checkpoints" / "latest.json"
+        if pointer.exists() and json.loads(pointer.read_text())["step"] >= min_step:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    return proc.wait()

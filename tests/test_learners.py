@@ -6,10 +6,7 @@ optimizer's step pre-hooks)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +19,7 @@ from retain.config import load_config
 from retain.methods import METHODS
 from retain.methods.base import Method, MethodConfig
 from retain.runner import Runner
-from tests.conftest import RETAIN, TINY, error_lines, run_cli
+from tests.conftest import TINY, error_lines, run_cli, sigkill_after_checkpoint
 from tests.test_cpt_job import TINY as CPT_TINY
 
 OFFLINE = [
@@ -240,22 +237,8 @@ def test_sigkill_then_resume_offline(tmp_path):
     reference = run_cli("sequence", *budget, f"run_dir={tmp_path / 'reference'}", cwd=tmp_path)
     assert reference.returncode == 0, error_lines(reference)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [RETAIN, "sequence", *budget, f"run_dir={killed}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:  # kill inside the second task
-        pointer = killed / "checkpoints" / "latest.json"
-        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 250:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    returncode = sigkill_after_checkpoint(["sequence", *budget], killed, min_step=250)  # inside the second task
+    assert returncode == -signal.SIGKILL, "the run finished before it could be killed"
     resumed = run_cli("sequence", *budget, f"run_dir={killed}", "resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, error_lines(resumed)
     assert _scores(killed) == _scores(tmp_path / "reference")

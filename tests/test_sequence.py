@@ -2,10 +2,8 @@
 resumption after SIGKILL."""
 
 import json
-import os
 import signal
 import subprocess
-import time
 
 import pytest
 import yaml
@@ -15,7 +13,7 @@ from retain.config import load_config
 from retain.errors import CheckpointError, UserError
 from retain.metrics import METRIC_KEYS
 from retain.runner import Schedule, task_plan
-from tests.conftest import RETAIN, TINY, error_lines
+from tests.conftest import RETAIN, TINY, error_lines, sigkill_after_checkpoint
 
 
 def run(tmp_path, name, *overrides):
@@ -133,22 +131,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_results(tmp_path):
     assert ref.returncode == 0, ref.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [RETAIN, "sequence", *budget, f"run_dir={killed}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
     # kill once a checkpoint exists in the middle of the second task
-    while time.time() < deadline and proc.poll() is None:
-        pointer = killed / "checkpoints" / "latest.json"
-        if pointer.exists() and json.loads(pointer.read_text())["step"] >= 20480 + 4096:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    returncode = sigkill_after_checkpoint(["sequence", *budget], killed, min_step=20480 + 4096)
+    assert returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "results.json").exists()
 
     resumed = subprocess.run(
