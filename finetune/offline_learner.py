@@ -27,29 +27,16 @@ import numpy as np
 import torch
 
 from agents.policies import BCPolicy, PolicyConfig, build_policy, check_loss
-from envs.datasets import dataset_path, load_transitions, sequence_dataset_id
-from envs.text import encode_space, has_text, hash_tokens
+from envs.text import encode_space, has_text
 from finetune.env_tasks import EnvScorer, EvalSettings, Task, swapped_weights
+from finetune.offline_data import DatasetNames, TaskData, load_task_data, text_tokens, to_tensor
 from retain.device import resolve_device
-from retain.errors import ConfigError, DatasetError
+from retain.errors import ConfigError
 from retain.learner import LearnerState, StepHooks, TaskScore
 from retain.seeding import derive_seed, seed_everything
 from retain.training.optim import adamw, maybe_compile
 from retain.training.precision import autocast, use_bf16
 from retain.training.schedules import ScheduleConfig, build_scheduler, check_schedule
-
-
-@dataclass
-class DatasetNames:
-    """Which datasets the tasks train on when a task names none: the ones ``retain collect`` wrote."""
-
-    path: str | None = None
-    """the one dataset of a one-task run (sequence=single): a dataset id, a dataset folder or a D4RL-layout
-    .hdf5 file; sequences name theirs per task (sequence.tasks[i].dataset)"""
-    namespace: str = "retain"
-    """dataset ids are <namespace>/<sequence>/<task>/<quality>-v0 (retain collect's dataset.namespace)"""
-    quality: str = "expert"
-    """retain collect's dataset.quality"""
 
 
 @dataclass
@@ -89,59 +76,6 @@ class OfflineLearnerConfig:
     """log train/ metrics every this many updates"""
 
 
-def _to_tensor(value, device: torch.device) -> torch.Tensor:
-    array = np.asarray(value)
-    if array.dtype.kind == "f":
-        array = array.astype(np.float32, copy=False)
-    elif array.dtype.kind == "b":
-        array = array.astype(np.int64)
-    return torch.as_tensor(np.ascontiguousarray(array), device=device)
-
-
-def _encode_obs(space: gym.Space, value) -> Any:
-    """Dataset observations as the policy takes them: Text parts as hashed word ids."""
-    if isinstance(space, gym.spaces.Text):
-        return hash_tokens([str(v) for v in np.asarray(value).reshape(-1)])
-    if isinstance(space, gym.spaces.Dict):
-        return {k: _encode_obs(s, value[k]) for k, s in space.spaces.items()}
-    return value
-
-
-class TaskData:
-    """Every task's transitions in contiguous tensors, tasks one after another (rows ``offsets[t]..``)."""
-
-    def __init__(self, parts: list[dict], device: torch.device):
-        self.sizes = torch.tensor([len(p["actions"]) for p in parts], device=device)
-        self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
-        first = parts[0]["observations"]
-        if isinstance(first, dict):
-            self.obs: Any = {
-                k: _to_tensor(np.concatenate([p["observations"][k] for p in parts]), device) for k in first
-            }
-        else:
-            self.obs = _to_tensor(np.concatenate([p["observations"] for p in parts]), device)
-        self.actions = _to_tensor(np.concatenate([p["actions"] for p in parts]), device)
-
-    def batch(
-        self, tasks: torch.Tensor, size: int, generator: torch.Generator
-    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """``size`` rows ``(observations, actions, task index)``: a task uniformly from ``tasks`` per row, then a
-        row of that task uniformly."""
-        device = self.actions.device
-        pick = tasks[torch.randint(len(tasks), (size,), generator=generator, device="cpu").to(device)]
-        u = torch.rand(size, generator=generator, device="cpu").to(device)
-        rows = self.offsets[pick] + (u * self.sizes[pick]).long().clamp_max(self.sizes[pick] - 1)
-        obs = {k: v[rows] for k, v in self.obs.items()} if isinstance(self.obs, dict) else self.obs[rows]
-        return obs, self.actions[rows], pick
-
-
-def collect_command(sequence: str | None, task: Task, names: DatasetNames) -> str:
-    """The ``retain collect`` command that writes the dataset ``task`` trains on by default."""
-    where = f"sequence={sequence}" if sequence else f"sequence=single env={task.name}"
-    extra = f" dataset.namespace={names.namespace}" if names.namespace != "retain" else ""
-    return f"retain collect {where} dataset.quality={names.quality}{extra}"
-
-
 class OfflineLearner:
     """See the module docstring; the protocol is ``retain.learner.Learner``."""
 
@@ -164,13 +98,15 @@ class OfflineLearner:
         self._check(cfg)
         self.device = resolve_device(device)
         self.bf16 = use_bf16(cfg.precision, self.device)
-        self.sources, parts, spaces = self._load(tasks, sequence)
+        self.sources, parts, spaces = load_task_data(tasks, cfg.dataset, sequence, cfg.max_episodes)
+        check_loss(cfg.loss, isinstance(spaces[1], gym.spaces.Discrete))
         self.observation_space, self.action_space = spaces
         self.data = TaskData(parts, self.device)
         text = has_text(self.observation_space)
-        eval_tasks = [Task(t.name, _tokens(t.env) if text else t.env, t.steps) for t in tasks]
+        eval_tasks = [Task(t.name, text_tokens(t.env) if text else t.env, t.steps) for t in tasks]
         extra = {
-            k: [Task(t.name, _tokens(t.env) if text else t.env, t.steps) for t in v] for k, v in (extra or {}).items()
+            k: [Task(t.name, text_tokens(t.env) if text else t.env, t.steps) for t in v]
+            for k, v in (extra or {}).items()
         }
         self.scorer = EnvScorer(eval_tasks, evaluation, metric, seed, extra)
         self.policy_space = encode_space(self.observation_space)
@@ -179,7 +115,7 @@ class OfflineLearner:
         self.bar = None
         self._global_step = 0
         self.task, self.task_step, self.model_task = 0, 0, 0
-        self.data_tasks = [0]
+        self.data_tasks, self.replay_rows = [0], []
         self.policy = self._fresh_policy(0)
         self.optimizer, self.scheduler = self._optimizer(0)
 
@@ -197,42 +133,6 @@ class OfflineLearner:
         if cfg.max_episodes is not None and cfg.max_episodes < 1:
             raise ConfigError(f"learner.max_episodes={cfg.max_episodes}", "use null (all) or >= 1")
         check_schedule(cfg.schedule, cfg.updates_per_task)
-
-    def _load(self, tasks: list[Task], sequence: str | None) -> tuple[list[str], list[dict], tuple]:
-        """Every task's dataset, checked against the task's env before anything trains."""
-        sources, parts, spaces = [], [], None
-        if self.cfg.dataset.path and len(tasks) > 1:
-            raise ConfigError(
-                f"learner.dataset.path names one dataset but the sequence has {len(tasks)} tasks",
-                "name each task's dataset in sequence.tasks[i].dataset, or use sequence=single",
-            )
-        for task in tasks:
-            name = (
-                task.dataset
-                or self.cfg.dataset.path
-                or sequence_dataset_id(self.cfg.dataset.namespace, sequence, task.name, self.cfg.dataset.quality)
-            )
-            if dataset_path(name) is None:
-                how = (
-                    f"make it with `{collect_command(sequence, task, self.cfg.dataset)}`"
-                    if not (task.dataset or self.cfg.dataset.path)
-                    else "check the path: a dataset id, a dataset folder or a D4RL-layout .hdf5 file"
-                )
-                raise DatasetError(f"task {task.name!r}: dataset {name} not found", how)
-            data = load_transitions(name)
-            env_spaces = _env_spaces(task)
-            _check_fits(task, name, data, env_spaces)
-            spaces = spaces or env_spaces
-            rows = _first_episodes(data, self.cfg.max_episodes)
-            parts.append(
-                {
-                    "observations": _take(_encode_obs(env_spaces[0], data.observations), rows),
-                    "actions": np.asarray(data.actions)[rows],
-                }
-            )
-            sources.append(str(data.source))
-        check_loss(self.cfg.loss, isinstance(spaces[1], gym.spaces.Discrete))
-        return sources, parts, spaces
 
     def _fresh_policy(self, task: int, device: torch.device | None = None) -> BCPolicy:
         with torch.random.fork_rng(devices=[]):
@@ -262,8 +162,15 @@ class OfflineLearner:
     def bind(self, log, hooks: StepHooks, progress) -> None:
         self.log, self.hooks, self.bar = log, hooks, progress
 
-    def prepare_task(self, task: int, data_tasks: list[int]) -> bool:
+    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
         self.task, self.task_step, self.data_tasks = task, 0, list(data_tasks)
+        # exact rows per batch, so a replay share is what every batch holds
+        self.replay_rows = [[int(j), round(share * self.cfg.batch_size)] for j, share in (replay or {}).items()]
+        if sum(count for _, count in self.replay_rows) >= self.cfg.batch_size:
+            raise ConfigError(
+                f"replay takes {sum(c for _, c in self.replay_rows)} of {self.cfg.batch_size} rows of every batch",
+                "lower the replay share (the current task needs rows too)",
+            )
         if self.cfg.reset_optimizer or task == 0:
             self.optimizer, self.scheduler = self._optimizer(task)
         else:  # AdamW's moments carry over; the schedule runs over this task's updates (the peak is kept)
@@ -278,7 +185,8 @@ class OfflineLearner:
         self.policy.train()
         t0, losses = time.perf_counter(), []
         for _ in range(units):
-            batch = self.hooks.batch(self, self.data.batch(tasks, self.cfg.batch_size, generator))
+            batch = self.data.batch(tasks, self.cfg.batch_size, generator, self.replay_rows)
+            batch = self.hooks.batch(self, batch)
             obs, actions, task_ids = batch
             with autocast(self.device, self.bf16):
                 loss = self._forward(obs, actions, task_ids if self.cfg.task_id else None)
@@ -315,8 +223,8 @@ class OfflineLearner:
 
     def _obs_tensor(self, obs) -> Any:
         if isinstance(obs, dict):
-            return {k: _to_tensor(v, self.device) for k, v in obs.items()}
-        return _to_tensor(obs, self.device)
+            return {k: to_tensor(v, self.device) for k, v in obs.items()}
+        return to_tensor(obs, self.device)
 
     def _act(self, obs, task: int = -1) -> np.ndarray:
         """Deterministic actions for a batch of env observations of task ``task`` (-1: outside the sequence)."""
@@ -367,6 +275,7 @@ class OfflineLearner:
             "task_step": self.task_step,
             "model_task": self.model_task,
             "data_tasks": self.data_tasks,
+            "replay_rows": self.replay_rows,
         }
         return LearnerState(self.weights(), state)
 
@@ -379,6 +288,7 @@ class OfflineLearner:
         self.policy.load_state_dict(state.weights)
         self.task, self.task_step, self.model_task = s["task"], s["task_step"], s["model_task"]
         self.data_tasks, self._global_step = list(s["data_tasks"]), int(s["global_step"])
+        self.replay_rows = [list(r) for r in s.get("replay_rows", [])]
         self.optimizer, self.scheduler = self._optimizer(self.task)
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
@@ -396,51 +306,3 @@ class OfflineLearner:
 
     def close(self) -> None:
         self.scorer.close()
-
-
-def _tokens(spec):
-    from dataclasses import replace
-
-    return replace(spec, text_tokens=True)
-
-
-def _env_spaces(task: Task) -> tuple[gym.Space, gym.Space]:
-    from envs.registry import make_env
-
-    env = make_env(task.env, monitor=False)()
-    try:
-        return env.observation_space, env.action_space
-    finally:
-        env.close()
-
-
-def _shape_of(space: gym.Space):
-    if isinstance(space, gym.spaces.Dict):
-        return {k: _shape_of(s) for k, s in space.spaces.items()}
-    return getattr(space, "shape", None)
-
-
-def _check_fits(task: Task, name: str, data, spaces: tuple[gym.Space, gym.Space]) -> None:
-    """The dataset's spaces are the task env's: a dataset of another task must not train silently."""
-    obs_space, act_space = spaces
-    if _shape_of(data.observation_space) != _shape_of(obs_space) or _shape_of(data.action_space) != _shape_of(
-        act_space
-    ):
-        raise DatasetError(
-            f"task {task.name!r}: dataset {name} has spaces {data.observation_space} / {data.action_space} but the "
-            f"task's env has {obs_space} / {act_space}",
-            "train each task on a dataset of its own env (or fix the task's env spec)",
-        )
-
-
-def _first_episodes(data, max_episodes: int | None) -> np.ndarray:
-    n = len(data.actions)
-    if max_episodes is None or max_episodes >= len(data.episode_starts):
-        return np.arange(n)
-    return np.arange(int(data.episode_starts[max_episodes]))
-
-
-def _take(obs, rows: np.ndarray):
-    if isinstance(obs, dict):
-        return {k: _take(v, rows) for k, v in obs.items()}
-    return np.asarray(obs)[rows]

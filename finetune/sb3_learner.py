@@ -28,6 +28,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from agents.sb3 import AgentConfig, build_model, load_model_state, model_state, rollout_size
 from envs.mixture import make_mixture_env
 from finetune.env_tasks import EnvScorer, EvalSettings, Task, swapped_weights
+from retain.errors import ConfigError
 from retain.learner import LearnerState, StepHooks, TaskScore
 from retain.seeding import derive_seed, seed_everything
 
@@ -179,13 +180,20 @@ class Sb3Learner:
         self.log, self.hooks, self.bar = log, hooks, progress
         self._install_hooks(self.model)
 
-    def prepare_task(self, task: int, data_tasks: list[int]) -> bool:
+    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
+        buffer = getattr(self.model, "replay_buffer", None)
+        if replay and buffer is None:
+            raise ConfigError(
+                f"replay keeps earlier tasks' transitions in the replay buffer, which {self.agent.algo} has none of",
+                "use an off-policy agent (agent=sac, sac_cw) with method=replay",
+            )
         if list(data_tasks) != self.data_tasks:
             self.model.env.close()
             self.model.set_env(self._train_env(data_tasks), force_reset=True)
             self.data_tasks = list(data_tasks)
-        if self.cfg.reset_replay_buffer and getattr(self.model, "replay_buffer", None) is not None:
-            self.model.replay_buffer.reset()
+        # Continual World's perfect memory: with replay the buffer keeps every earlier task's transitions
+        if self.cfg.reset_replay_buffer and buffer is not None and not replay:
+            buffer.reset()
         return False
 
     def train_chunk(self, task: int, chunk: int, units: int) -> None:

@@ -60,6 +60,7 @@ class StepHooks:
 
         self.has_penalty = overrides("penalty")
         self.has_gradient_transform = overrides("transform_gradients")
+        self.has_after_step = overrides("after_step")
         self.has_batch = overrides("batch")
 
     def penalty(self, learner: Learner) -> torch.Tensor | None:
@@ -71,8 +72,17 @@ class StepHooks:
         if self.has_gradient_transform:
             self.method.transform_gradients(learner)
 
+    def after_step(self, learner: Learner) -> None:
+        """Right after the optimizer step (PackNet restores frozen weights)."""
+        if self.has_after_step:
+            self.method.after_step(learner)
+
+    @property
+    def any_step_hook(self) -> bool:
+        return self.has_penalty or self.has_gradient_transform or self.has_after_step
+
     def batch(self, learner: Learner, batch: Any) -> Any:
-        """The batch the learner trains on instead of ``batch`` (replay mixing)."""
+        """The batch the learner trains on instead of ``batch``."""
         return self.method.batch(learner, batch) if self.has_batch else batch
 
 
@@ -106,10 +116,11 @@ class Learner(Protocol):
         step hooks, and a progress bar to ``update(units)``. Called once before anything else trains."""
         ...
 
-    def prepare_task(self, task: int, data_tasks: list[int]) -> bool:
+    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
         """Point training at task ``task``, on the data (or envs) of ``data_tasks`` (the method's choice:
-        ``[task]``, or every task so far for multitask). Returns True when the weights changed here (e.g. a
-        CPT stage loading a checkpoint), so the runner measures the task's start again."""
+        ``[task]``, or every task so far for multitask), with ``replay``'s share of every batch drawn from
+        earlier tasks' data. Returns True when the weights changed here (e.g. a CPT stage loading a
+        checkpoint), so the runner measures the task's start again."""
         ...
 
     def train_chunk(self, task: int, chunk: int, units: int) -> None:

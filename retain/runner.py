@@ -374,7 +374,8 @@ class Runner:
             plan = self.plans[i]
             if start_chunk == 0:
                 moved = bool(self.method.before_task(self, i))
-                moved = bool(self.learner.prepare_task(i, self.method.train_tasks(i))) or moved
+                replay = self.method.replay(i)
+                moved = bool(self.learner.prepare_task(i, self.method.train_tasks(i), replay)) or moved
                 self._start(i, moved)
             previous = plan[start_chunk - 1].end if start_chunk else 0
             for c in range(start_chunk, len(plan)):
@@ -404,6 +405,7 @@ class Runner:
         return False
 
     def _end_task(self, i: int) -> None:
+        self.method.after_training(self, i)
         scores = self._evaluate(i, list(range(len(self.columns))))
         self.R[i] = [scores[j].score for j in range(len(self.columns))]
         self.gaps.append(self._gaps())

@@ -295,6 +295,7 @@ class CptLearner:
         self.scheduler: LRScheduler | None = None
         self.sampler: MixtureSampler | None = None
         self.stage, self.stage_step, self.offset = -1, 0, 0
+        self.replayed: dict[int, float] = {}
         self.sched_pos = 0  # schedule position where the previous stage stopped (inherit.scheduler)
         self.fresh = False  # reset_model ran: the next stage inherits nothing
         self.hooks, self.bar = StepHooks(), None
@@ -315,19 +316,28 @@ class CptLearner:
     def bind(self, log, hooks: StepHooks, progress) -> None:
         self.log, self.hooks, self.bar = log, hooks, progress
 
-    def _mixture(self, task: int, data_tasks: list[int]) -> tuple[dict[str, float], dict[str, float]]:
-        """The stage's mix and replay; several data tasks (multitask) train on their mixes merged."""
+    def _mixture(
+        self, task: int, data_tasks: list[int], replayed: dict[int, float] | None = None
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """The stage's mix and replay. Several data tasks (multitask) train on their mixes merged; a method's
+        replay of earlier stages adds each one's mix, at its share of every batch, to the stage's own replay."""
         stage = self.stages[task]
-        if list(data_tasks) == [task]:
-            return dict(stage.mix), dict(stage.replay)
-        mix: dict[str, float] = {}
-        for k in data_tasks:
+        mix: dict[str, float] = dict(stage.mix)
+        if list(data_tasks) != [task]:
+            mix = {}
+            for k in data_tasks:
+                for name, weight in self.stages[k].mix.items():
+                    mix[name] = mix.get(name, 0.0) + weight / sum(self.stages[k].mix.values())
+        replay = {n: r for n, r in stage.replay.items() if n not in mix}
+        for k, share in (replayed or {}).items():
+            total = sum(self.stages[k].mix.values())
             for name, weight in self.stages[k].mix.items():
-                mix[name] = mix.get(name, 0.0) + weight / sum(self.stages[k].mix.values())
-        return mix, {n: r for n, r in stage.replay.items() if n not in mix}
+                if name not in mix:  # a source this stage trains on anyway needs no replay
+                    replay[name] = replay.get(name, 0.0) + share * weight / total
+        return mix, replay
 
-    def _sampler(self, task: int, data_tasks: list[int], seed: int) -> MixtureSampler:
-        mix, replay = self._mixture(task, data_tasks)
+    def _sampler(self, task: int, data_tasks: list[int], seed: int, replayed=None) -> MixtureSampler:
+        mix, replay = self._mixture(task, data_tasks, replayed)
         return MixtureSampler(
             {n: self.sources[n] for n in [*mix, *replay]},
             mix,
@@ -337,7 +347,7 @@ class CptLearner:
             replay=replay,
         )
 
-    def prepare_task(self, task: int, data_tasks: list[int]) -> bool:
+    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
         i, stage, parallel, model = task, self.stages[task], self.parallel, self.model
         inh = stage.inherit
         # Where inherited things come from: a named checkpoint, or the live objects of the previous stage.
@@ -370,7 +380,8 @@ class CptLearner:
         if inh.optimizer and src_opt is not None:
             _take_moments(model, self.optimizer, src_opt, parallel, full=src_full)
         self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
-        self.sampler = self._sampler(i, data_tasks, data_seed)
+        self.replayed = {int(k): float(v) for k, v in (replay or {}).items()}
+        self.sampler = self._sampler(i, data_tasks, data_seed, self.replayed)
         self.sampler.step = data_step
         self.stage, self.stage_step, self.data_tasks = i, 0, list(data_tasks)
         self.sched_pos, self.fresh = self.offset, False
@@ -489,6 +500,7 @@ class CptLearner:
             "sched_offset": self.offset,
             "sampler": self.sampler.state_dict(),
             "data_tasks": self.data_tasks,
+            "replayed": {str(k): v for k, v in self.replayed.items()},
         }
         return LearnerState(self.parallel.model_state(self.model), state)
 
@@ -501,7 +513,8 @@ class CptLearner:
         self.offset, self.data_tasks = int(s["sched_offset"]), list(s["data_tasks"])
         self.optimizer = _optimizer(self.model, stage.lr, self.train)
         self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
-        self.sampler = self._sampler(i, self.data_tasks, int(s["sampler"]["seed"]))
+        self.replayed = {int(k): v for k, v in s.get("replayed", {}).items()}
+        self.sampler = self._sampler(i, self.data_tasks, int(s["sampler"]["seed"]), self.replayed)
         self.parallel.load_optimizer_state(self.model, self.optimizer, s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
         self.sampler.load_state_dict(s["sampler"])

@@ -1,10 +1,10 @@
 """The continual-method protocol: a small set of hooks over the runner and the ``Learner`` protocol.
 
 A method never copies a training loop. Around each task it may change the model (``before_task``,
-``after_task``) and choose whose data the learner trains on (``train_tasks``); inside training it may add a
-loss penalty, transform gradients before the optimizer step, or change a batch (``StepHooks`` carry these to
-the learner, SB3 included); at evaluation it may choose the weights each task is scored with
-(``eval_weights``). Its state goes into every checkpoint. The same method works on RL, offline and text
+``after_training``, ``after_task``) and choose whose data the learner trains on (``train_tasks``, ``replay``);
+inside training it may add a loss penalty, transform gradients before the optimizer step, act after it, or
+change a batch (``StepHooks`` carry these to the learner, SB3 included); at evaluation it may choose the
+weights each task is scored with (``eval_weights``). Its state goes into every checkpoint. The same method works on RL, offline and text
 learners because it only sees named parameters, gradients and batches.
 """
 
@@ -40,10 +40,18 @@ class Method:
         """The tasks whose data (or envs) the learner trains on while training ``task``."""
         return [task]
 
+    def replay(self, task: int) -> dict[int, float]:
+        """Earlier tasks replayed while training ``task``: {task index: share of every batch} (offline and CPT
+        learners draw those rows from the tasks' data; SB3 off-policy agents keep their transitions instead)."""
+        return {}
+
     def before_task(self, run: Runner, task: int) -> bool:
         """Before ``task`` trains (not called again when a run resumes inside it). Return True when this
         replaced the learner's weights, so the runner measures where the task starts from again."""
         return False
+
+    def after_training(self, run: Runner, task: int) -> None:
+        """Right after ``task``'s last chunk trained, before R's row is evaluated (PackNet prunes and retrains)."""
 
     def after_task(self, run: Runner, task: int) -> None:
         """After ``task`` trained and R's row was filled."""
@@ -54,6 +62,9 @@ class Method:
 
     def transform_gradients(self, learner: Learner) -> None:
         """Edit the parameters' ``.grad`` in place right before each optimizer step."""
+
+    def after_step(self, learner: Learner) -> None:
+        """Right after each optimizer step (PackNet puts frozen weights back)."""
 
     def batch(self, learner: Learner, batch: Any) -> Any:
         """The batch to train on instead of ``batch`` (e.g. mixed with earlier tasks' data)."""
