@@ -13,7 +13,8 @@
 action (mean or argmax). Observations are batched tensors (a dict of them for ``Dict`` spaces). With
 ``n_tasks > 0`` the policy also takes each row's task index and sees it one-hot next to the observation's
 features (Continual World gives its agents the task id this way); index -1 (a task outside the sequence)
-is all zeros.
+is all zeros. With ``heads > 1`` the output layer has one head per task and each row reads its task's head
+(Continual World's multi-head setting).
 """
 
 from __future__ import annotations
@@ -151,11 +152,12 @@ class BCPolicy(nn.Module):
         cfg: PolicyConfig,
         loss: str = "auto",
         n_tasks: int = 0,
+        heads: int = 1,
     ):
         super().__init__()
         activation = _activation(cfg.activation)
         self.encoder = ObservationEncoder(observation_space, cfg, activation)
-        self.n_tasks = n_tasks
+        self.n_tasks, self.heads = n_tasks, heads
         layers, last = [], self.encoder.dim + n_tasks
         for width in cfg.hidden:
             layers += [nn.Linear(last, width), activation()]
@@ -163,11 +165,11 @@ class BCPolicy(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
-            self.head = nn.Linear(last, int(action_space.n))
+            self.head = nn.Linear(last, heads * int(action_space.n))
         elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
             if not (action_space.is_bounded("both")):
                 raise ConfigError(f"action space {action_space} is unbounded", "BC policies squash into finite bounds")
-            self.head = nn.Linear(last, action_space.shape[0])
+            self.head = nn.Linear(last, heads * action_space.shape[0])
             self.log_std = nn.Parameter(torch.full((action_space.shape[0],), float(cfg.log_std_init)))
             self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
@@ -186,6 +188,12 @@ class BCPolicy(nn.Module):
 
     def _out(self, obs, task: torch.Tensor | None = None) -> torch.Tensor:
         out = self.head(self.trunk(self._features(obs, task)))
+        if self.heads > 1:  # one head per task: each row reads its task's (a task outside the sequence: head 0)
+            if task is None:
+                raise ValueError("this policy has one head per task: pass each row's task index")
+            out = out.view(len(out), self.heads, -1)[
+                torch.arange(len(out), device=out.device), task.long().clamp_min(0)
+            ]
         if self.discrete:
             return out
         return self.low + (torch.tanh(out) + 1.0) * 0.5 * (self.high - self.low)
@@ -199,6 +207,19 @@ class BCPolicy(nn.Module):
             return F.mse_loss(out, actions.float())
         std = self.log_std.exp()
         return -torch.distributions.Normal(out, std).log_prob(actions.float()).sum(-1).mean()
+
+    def log_likelihood(self, obs, actions: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-row log-likelihood of ``actions`` under the policy (Gaussian with the learned std; categorical)."""
+        out = self._out(obs, task)
+        if self.discrete:
+            return F.log_softmax(out, -1).gather(-1, actions.long().reshape(-1, 1)).squeeze(-1)
+        return torch.distributions.Normal(out, self.log_std.exp()).log_prob(actions.float()).sum(-1)
+
+    def output_norm(self, obs, task: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-row squared norm of the outputs: logits, or the mean and log-std of the action distribution."""
+        out = self._out(obs, task)
+        norm = out.pow(2).sum(-1)
+        return norm if self.discrete else norm + self.log_std.pow(2).sum()
 
     @torch.no_grad()
     def act(self, obs, task: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,6 +240,11 @@ def check_loss(loss: str, discrete: bool) -> str:
 
 
 def build_policy(
-    observation_space: gym.Space, action_space: gym.Space, cfg: PolicyConfig, loss: str = "auto", n_tasks: int = 0
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    cfg: PolicyConfig,
+    loss: str = "auto",
+    n_tasks: int = 0,
+    heads: int = 1,
 ) -> BCPolicy:
-    return BCPolicy(observation_space, action_space, cfg, loss, n_tasks)
+    return BCPolicy(observation_space, action_space, cfg, loss, n_tasks, heads)

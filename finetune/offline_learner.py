@@ -64,6 +64,9 @@ class OfflineLearnerConfig:
     task_id: bool = True
     """give the policy the task's one-hot index next to the observation (Continual World's setting; needed when
     the task is hidden context, as the point mass's goal is); False: the observation alone"""
+    multihead: bool = False
+    """one output head per task, each task's rows read its own (Continual World's multi-head setting; combine with
+    task_id=false, as Continual World hides the id from the network's body); methods leave the heads alone"""
     max_episodes: int | None = None
     """train on at most the first this many episodes of each dataset (few-shot settings)"""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -74,6 +77,9 @@ class OfflineLearnerConfig:
     """torch.compile the policy for training"""
     log_every: int = 50
     """log train/ metrics every this many updates"""
+
+
+RETRAIN_CHUNK = 1_000_000  # the chunk index retraining draws its batches with (apart from every training chunk)
 
 
 class OfflineLearner:
@@ -138,7 +144,8 @@ class OfflineLearner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, "model", task))
             n_tasks = len(self.tasks) if self.cfg.task_id else 0
-            policy = build_policy(self.policy_space, self.action_space, self.cfg.policy, self.cfg.loss, n_tasks)
+            heads = len(self.tasks) if self.cfg.multihead else 1
+            policy = build_policy(self.policy_space, self.action_space, self.cfg.policy, self.cfg.loss, n_tasks, heads)
         return policy.to(device or self.device)
 
     def _optimizer(self, task: int):
@@ -146,6 +153,11 @@ class OfflineLearner:
         scheduler = build_scheduler(optimizer, self.cfg.schedule, self.budget(task))
         self._forward = maybe_compile(self.policy, self.cfg.compile)
         return optimizer, scheduler
+
+    @property
+    def _ids(self) -> bool:
+        """Whether the policy reads each row's task index (task-id input or per-task heads)."""
+        return self.cfg.task_id or self.cfg.multihead
 
     # -- the protocol ------------------------------------------------------------------------------------
 
@@ -189,7 +201,7 @@ class OfflineLearner:
             batch = self.hooks.batch(self, batch)
             obs, actions, task_ids = batch
             with autocast(self.device, self.bf16):
-                loss = self._forward(obs, actions, task_ids if self.cfg.task_id else None)
+                loss = self._forward(obs, actions, task_ids if self._ids else None)
             penalty = self.hooks.penalty(self)
             total = loss if penalty is None else loss + penalty
             self.optimizer.zero_grad(set_to_none=True)
@@ -198,6 +210,7 @@ class OfflineLearner:
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.clip)
             self.hooks.transform_gradients(self)
             self.optimizer.step()
+            self.hooks.after_step(self)
             self.scheduler.step()
             self._global_step += 1
             self.task_step += 1
@@ -230,7 +243,7 @@ class OfflineLearner:
         """Deterministic actions for a batch of env observations of task ``task`` (-1: outside the sequence)."""
         obs = self._obs_tensor(obs)
         n = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
-        ids = torch.full((n,), task, device=self.device) if self.cfg.task_id else None
+        ids = torch.full((n,), task, device=self.device) if self._ids else None
         self.policy.eval()
         with autocast(self.device, self.bf16):
             actions = self.policy.act(obs, ids)
@@ -240,7 +253,7 @@ class OfflineLearner:
     def evaluate(self, tasks: list[int], weights: dict[int, dict[str, torch.Tensor] | None]) -> dict[int, TaskScore]:
         with swapped_weights(self.policy, weights, self._act, pass_task=True) as predict:
             # with task ids every task's envs need their own call (one batch cannot hold two ids)
-            same = not self.cfg.task_id and all(weights.get(j) is None for j in tasks)
+            same = not self._ids and all(weights.get(j) is None for j in tasks)
             return self.scorer.score(tasks, predict, same_policy=same)
 
     def extra_eval_sets(self) -> dict[str, list[str]]:
@@ -292,6 +305,56 @@ class OfflineLearner:
         self.optimizer, self.scheduler = self._optimizer(self.task)
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
+
+    # -- what continual-learning methods use (retain/methods) --------------------------------------------
+
+    def regularized_parameters(self, critic: bool = False) -> list[str]:
+        """Every parameter but the per-task heads (a BC policy has no critic)."""
+        heads = self.cfg.multihead
+        return [n for n, _ in self.policy.named_parameters() if not (heads and n.startswith("head."))]
+
+    def method_batches(self, task: int, batches: int, batch_size: int):
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "method-batches", task))
+        for _ in range(batches):
+            rows = self.data.task_rows(task, batch_size, generator)
+            yield self.data.rows(rows, torch.full_like(rows, task))
+
+    def _ids_of(self, batch) -> torch.Tensor | None:
+        return batch[2] if self._ids else None
+
+    def log_likelihood(self, batch) -> torch.Tensor:
+        obs, actions, _ = batch
+        return self.policy.log_likelihood(obs, actions, self._ids_of(batch))
+
+    def output_norm(self, batch) -> torch.Tensor:
+        return self.policy.output_norm(batch[0], self._ids_of(batch))
+
+    def loss(self, batch) -> torch.Tensor:
+        obs, actions, _ = batch
+        return self.policy(obs, actions, self._ids_of(batch))
+
+    def memory(self, task: int, size: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "memory", task))
+        rows = self.data.task_rows(task, size, generator)
+        return {"rows": rows.cpu(), "tasks": torch.full_like(rows, task).cpu()}
+
+    def memory_batch(self, memories: list[dict[str, torch.Tensor]], size: int, generator: torch.Generator):
+        rows = torch.cat([m["rows"] for m in memories])
+        tasks = torch.cat([m["tasks"] for m in memories])
+        pick = torch.randint(len(rows), (size,), generator=generator)
+        return self.data.rows(rows[pick].to(self.device), tasks[pick].to(self.device))
+
+    def retrain(self, task: int, units: int) -> None:
+        """Train ``units`` more updates on task ``task`` with a fresh optimizer (PackNet), not counted on the
+        run's x-axis (the task's budget is what the runner planned)."""
+        step, task_step, log, bar = self._global_step, self.task_step, self.log, self.bar
+        self.log, self.bar = (lambda metrics, step: None), None  # the x-axis does not move: nothing to log on it
+        self.optimizer, self.scheduler = self._optimizer(task)
+        try:
+            self.train_chunk(task, RETRAIN_CHUNK, units)
+        finally:
+            self.optimizer, self.scheduler = self._optimizer(task)
+            self._global_step, self.task_step, self.log, self.bar = step, task_step, log, bar
 
     def describe(self) -> list[str]:
         c = self.cfg

@@ -134,8 +134,8 @@ class Sb3Learner:
         return model
 
     def _install_hooks(self, model: BaseAlgorithm) -> None:
-        """Methods' penalties and gradient transforms, run right before each SB3 optimizer step."""
-        if not (self.hooks.has_penalty or self.hooks.has_gradient_transform):
+        """Methods' penalties, gradient transforms and after-step actions around each SB3 optimizer step."""
+        if not self.hooks.any_step_hook:
             return
         names = {id(p): n for n, p in model.policy.named_parameters()}
         optimizers = [
@@ -147,10 +147,15 @@ class Sb3Learner:
             params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in names]
             if params:
                 optimizer.register_step_pre_hook(lambda opt, args, kwargs, params=params: self._before_step(params))
+                if self.hooks.has_after_step:
+                    optimizer.register_step_post_hook(lambda opt, args, kwargs, params=params: self._after_step(params))
+
+    def _stepping(self, params: list[torch.nn.Parameter]) -> set[str]:
+        names = {id(p): n for n, p in self.model.policy.named_parameters()}
+        return {names[id(p)] for p in params}
 
     def _before_step(self, params: list[torch.nn.Parameter]) -> None:
-        names = {id(p): n for n, p in self.model.policy.named_parameters()}
-        self.stepping = {names[id(p)] for p in params}
+        self.stepping = self._stepping(params)
         try:
             if self.hooks.has_penalty:
                 with torch.enable_grad():
@@ -161,6 +166,13 @@ class Sb3Learner:
                         if g is not None:
                             p.grad = g.detach() if p.grad is None else p.grad + g.detach()
             self.hooks.transform_gradients(self)
+        finally:
+            self.stepping = None
+
+    def _after_step(self, params: list[torch.nn.Parameter]) -> None:
+        self.stepping = self._stepping(params)
+        try:
+            self.hooks.after_step(self)
         finally:
             self.stepping = None
 
@@ -263,6 +275,94 @@ class Sb3Learner:
         self.model_task = own["model_task"]
         load_model_state(self.model, state.weights, state.state, state.arrays, where)
         self._global_step = int(own["global_step"])
+
+    # -- what continual-learning methods use (retain/methods) --------------------------------------------
+
+    @property
+    def _off_policy(self) -> bool:
+        return getattr(self.model, "replay_buffer", None) is not None
+
+    def _need(self, what: str, off_policy: bool = False) -> None:
+        if self.agent.algo not in ("SAC", "PPO", "A2C") or (off_policy and self.agent.algo != "SAC"):
+            raise ConfigError(
+                f"{what} is implemented for SB3's SAC{'' if off_policy else ', PPO and A2C'}, not {self.agent.algo}",
+                "use agent=sac or agent=sac_cw" + ("" if off_policy else " (or ppo)"),
+            )
+
+    def regularized_parameters(self, critic: bool = False) -> list[str]:
+        """SAC: the actor's parameters (and the critics' with ``critic``; never the target critics); PPO/A2C:
+        the shared network and the action head (and the value head with ``critic``)."""
+        names = [n for n, _ in self.model.policy.named_parameters()]
+        if self.agent.algo in ("SAC", "TD3"):
+            return [n for n in names if n.startswith("actor.") or (critic and n.startswith("critic."))]
+        return [n for n in names if critic or "value_net" not in n]
+
+    def method_batches(self, task: int, batches: int, batch_size: int):
+        """Batches of the task's own experience: its replay buffer (SAC), or its last rollout (PPO/A2C)."""
+        self._need("estimating importance")
+        seed_everything(derive_seed(self.seed, "method-batches", task))  # SB3 samples with the global RNGs
+        if self._off_policy:
+            for _ in range(batches):
+                yield self.model.replay_buffer.sample(batch_size)
+        else:
+            for k, rollout in enumerate(self.model.rollout_buffer.get(batch_size)):
+                if k == batches:
+                    break
+                yield rollout
+
+    def log_likelihood(self, batch) -> torch.Tensor:
+        if self._off_policy:
+            mean, log_std, kwargs = self.model.actor.get_action_dist_params(batch.observations)
+            dist = self.model.actor.action_dist.proba_distribution(mean, log_std, **kwargs)
+            return dist.log_prob(batch.actions)
+        return self.model.policy.evaluate_actions(batch.observations, batch.actions)[1]
+
+    def output_norm(self, batch) -> torch.Tensor:
+        if self._off_policy:
+            mean, log_std, _ = self.model.actor.get_action_dist_params(batch.observations)
+            return mean.pow(2).sum(-1) + log_std.pow(2).sum(-1)
+        dist = self.model.policy.get_distribution(batch.observations).distribution
+        if hasattr(dist, "logits"):
+            return dist.logits.pow(2).sum(-1)
+        return dist.mean.pow(2).sum(-1) + self.model.policy.log_std.pow(2).sum()
+
+    def loss(self, batch) -> torch.Tensor:
+        """SAC's loss on a memory batch: the critics' while they step, the actor's while it does."""
+        self._need("a loss on a memory batch (A-GEM)", off_policy=True)
+        from agents.sb3_losses import sac_losses
+
+        actor_loss, critic_loss = sac_losses(self.model, batch)
+        stepping = self.stepping or set()
+        if any(n.startswith("critic.") for n in stepping):
+            return critic_loss
+        if any(n.startswith("actor.") for n in stepping):
+            return actor_loss
+        return actor_loss + critic_loss
+
+    def memory(self, task: int, size: int) -> dict[str, torch.Tensor]:
+        self._need("an episodic memory (A-GEM)", off_policy=True)
+        if isinstance(self.model.replay_buffer.observations, dict):
+            raise ConfigError("A-GEM's memory takes array observations, not Dict", "use a task with Box observations")
+        seed_everything(derive_seed(self.seed, "memory", task))
+        batch = self.model.replay_buffer.sample(size)
+        return {
+            k: getattr(batch, k).detach().cpu()
+            for k in ("observations", "actions", "next_observations", "dones", "rewards")
+        }
+
+    def memory_batch(self, memories: list[dict[str, torch.Tensor]], size: int, generator: torch.Generator):
+        from stable_baselines3.common.type_aliases import ReplayBufferSamples
+
+        fields = {k: torch.cat([m[k] for m in memories]) for k in memories[0]}
+        pick = torch.randint(len(fields["actions"]), (size,), generator=generator)
+        device = self.model.device
+        return ReplayBufferSamples(**{k: v[pick].to(device) for k, v in fields.items()})
+
+    def retrain(self, task: int, units: int) -> None:
+        """``units`` more gradient steps on the task's replay buffer (PackNet), through SAC's own ``train``."""
+        self._need("retraining (PackNet)", off_policy=True)
+        seed_everything(derive_seed(self.seed, "retrain", task))
+        self.model.train(gradient_steps=units, batch_size=self.model.batch_size)
 
     def describe(self) -> list[str]:
         """The report's lines on what trained."""

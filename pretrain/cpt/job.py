@@ -175,6 +175,8 @@ def _check(cfg: DictConfig) -> None:
     if cfg.parallel not in MODES:
         raise ConfigError(f"unknown parallel={cfg.parallel!r}", f"use one of {', '.join(MODES)}")
     method = make_method(cfg.method)  # its config checked before anything is written
+    if method.cfg.name == "packnet":
+        raise ConfigError("method=packnet is not built for language models here", "use ewc, l2, mas, agem or replay")
     if method.cfg.name == "reset" and cfg.parallel == "fsdp":
         raise ConfigError("method=reset with parallel=fsdp", "use parallel=ddp (or none) with method=reset")
     train = OmegaConf.to_object(cfg.train)

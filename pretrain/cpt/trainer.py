@@ -420,6 +420,7 @@ class CptLearner:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.clip)
             self.hooks.transform_gradients(self)
             self.optimizer.step()
+            self.hooks.after_step(self)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.stage_step += 1
@@ -519,6 +520,58 @@ class CptLearner:
         self.scheduler.load_state_dict(s["scheduler"])
         self.sampler.load_state_dict(s["sampler"])
         self.sched_pos = self.offset + self.stage_step if self.stage_step == self.steps_of[i] else self.offset
+
+    # -- what continual-learning methods use (retain/methods) --------------------------------------------
+
+    def regularized_parameters(self, critic: bool = False) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def method_batches(self, task: int, batches: int, batch_size: int):
+        """Windows of the stage's own mixture, from a sampler of their own (the training stream is untouched)."""
+        sampler = MixtureSampler(
+            {n: self.sources[n] for n in self.stages[task].mix},
+            self.stages[task].mix,
+            self.train.seq_len,
+            batch_size,
+            seed=derive_seed(self.seed, "method-batches", task),
+        )
+        for _ in range(batches):
+            inputs, targets = sampler.next_batch()
+            yield inputs.to(self.device), targets.to(self.device)
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.bf16):
+            return self.model(input_ids=inputs).logits.float()
+
+    def log_likelihood(self, batch) -> torch.Tensor:
+        """Per window: the mean log-likelihood of its tokens."""
+        inputs, targets = batch
+        logp = F.log_softmax(self._logits(inputs), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return logp.mean(-1)
+
+    def output_norm(self, batch) -> torch.Tensor:
+        """Per window: the mean over its tokens of the logits' squared norm."""
+        return self._logits(batch[0]).pow(2).sum(-1).mean(-1)
+
+    def loss(self, batch) -> torch.Tensor:
+        inputs, targets = batch
+        return F.cross_entropy(self._logits(inputs).flatten(0, 1), targets.flatten())
+
+    def memory(self, task: int, size: int) -> dict[str, torch.Tensor]:
+        inputs, targets = next(self.method_batches(task, 1, size))
+        return {"inputs": inputs.cpu(), "targets": targets.cpu()}
+
+    def memory_batch(self, memories: list[dict[str, torch.Tensor]], size: int, generator: torch.Generator):
+        inputs = torch.cat([m["inputs"] for m in memories])
+        targets = torch.cat([m["targets"] for m in memories])
+        pick = torch.randint(len(inputs), (size,), generator=generator)
+        return inputs[pick].to(self.device), targets[pick].to(self.device)
+
+    def retrain(self, task: int, units: int) -> None:
+        raise ConfigError(
+            "PackNet's pruning and retraining is not built for language models here",
+            "use method=ewc, l2, mas, agem or replay with retain cpt",
+        )
 
     def summary(self, results: dict) -> dict[str, Any]:
         out: dict[str, Any] = {"stages": self.tasks, "sources": self.eval_tasks}

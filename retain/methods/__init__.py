@@ -12,12 +12,28 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from retain.errors import ConfigError
+from retain.methods.agem import AGEM
 from retain.methods.base import Method, MethodConfig
+from retain.methods.ewc import EWC
 from retain.methods.finetune import Finetune
+from retain.methods.l2 import L2
+from retain.methods.mas import MAS
 from retain.methods.multitask import Multitask
+from retain.methods.packnet import PackNet
+from retain.methods.replay import Replay
 from retain.methods.reset import Reset
 
-METHODS: dict[str, type[Method]] = {"finetune": Finetune, "reset": Reset, "multitask": Multitask}
+METHODS: dict[str, type[Method]] = {
+    "finetune": Finetune,
+    "reset": Reset,
+    "multitask": Multitask,
+    "l2": L2,
+    "ewc": EWC,
+    "mas": MAS,
+    "replay": Replay,
+    "agem": AGEM,
+    "packnet": PackNet,
+}
 
 __all__ = ["METHODS", "Method", "MethodConfig", "make_method"]
 
