@@ -226,7 +226,7 @@ class OfflineLearner:
                     )
                 metrics = {"train/loss": mean, "train/lr": self.scheduler.get_last_lr()[0]}
                 if penalty is not None:
-                    metrics["train/penalty"] = float(penalty)
+                    metrics["train/penalty"] = float(penalty.detach())
                 self.log(metrics, self._global_step)
                 losses = []
             if self.bar is not None:

@@ -89,20 +89,33 @@ def _scores(run_dir) -> tuple:
     return results["matrix"], results["initial"], [e for e in evals if len(e) > 1]
 
 
-@pytest.mark.parametrize("method", ["finetune", "reset", "multitask"])
-@pytest.mark.parametrize("learner", list(LEARNERS))
+# the continual-learning methods at tiny sizes (their defaults are for 1M-step SAC runs)
+SMALL = {
+    "l2": ["method=l2", "method.coef=1.0"],
+    "ewc": ["method=ewc", "method.coef=1.0", "method.batches=2", "method.batch_size=8"],
+    "mas": ["method=mas", "method.coef=1.0", "method.batches=2", "method.batch_size=8"],
+    "replay": ["method=replay", "method.share=0.25"],
+    "agem": ["method=agem", "method.memory_per_task=64", "method.batch_size=16"],
+    "packnet": ["method=packnet", "method.retrain_steps=5"],
+}
+COMBINATIONS = [(learner, [f"method={m}"]) for learner in LEARNERS for m in ("finetune", "reset", "multitask")]
+COMBINATIONS += [("offline", overrides) for overrides in SMALL.values()]
+COMBINATIONS += [("cpt", SMALL["ewc"])]
+
+
+@pytest.mark.parametrize(("learner", "method"), COMBINATIONS, ids=lambda v: v if isinstance(v, str) else v[0])
 def test_stopped_and_resumed_runs_end_as_an_uninterrupted_one(learner, method, tmp_path):
     _, _, total, stop = LEARNERS[learner]
-    summary = _run(learner, tmp_path / "a", f"method={method}")
-    assert summary["method"] == method and summary["steps"] == total
+    summary = _run(learner, tmp_path / "a", *method)
+    assert summary["method"] == method[0].split("=")[1] and summary["steps"] == total
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     T = len(results["matrix"])
     assert T >= 2 and all(len(row) == len(results["tasks"]) for row in results["matrix"])
     assert len(results["stability_gap"]) == T and (tmp_path / "a" / "report.md").exists()
 
-    assert _run(learner, tmp_path / "b", f"method={method}", stop_after=stop) == {"stopped": True}
+    assert _run(learner, tmp_path / "b", *method, stop_after=stop) == {"stopped": True}
     assert not (tmp_path / "b" / "results.json").exists()
-    _run(learner, tmp_path / "b", f"method={method}", "resume=true")
+    _run(learner, tmp_path / "b", *method, "resume=true")
     assert _scores(tmp_path / "b") == _scores(tmp_path / "a")  # R, initial and every logged evaluation
 
 
