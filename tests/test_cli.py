@@ -28,7 +28,8 @@ def test_job_help_and_cfg_work_as_in_hydra(cli):
     assert helped.returncode == 0 and "retain sequence: continual learning over a task sequence" in helped.stdout
     assert (
         "sequence: babyai4, cw10, cw20, cw4, dmc6, frozenlake_goals" in helped.stdout
-        and "method: " + ", ".join(sorted(f.stem for f in (ROOT / "configs" / "method").glob("*.yaml"))) in helped.stdout
+        and "method: " + ", ".join(sorted(f.stem for f in (ROOT / "configs" / "method").glob("*.yaml")))
+        in helped.stdout
         and "learner: offline, sb3" in helped.stdout
     )
     shown = cli("sequence", "--cfg", "job", "seed=5")

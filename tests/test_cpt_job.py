@@ -108,3 +108,16 @@ def test_sigkill_then_resume_gives_the_same_final_weights(tmp_path):
         json.loads((tmp_path / "ref" / "results.json").read_text())["matrix"]
         == json.loads((tmp_path / "killed" / "results.json").read_text())["matrix"]
     )
+
+
+def test_cpt_with_ewc_pulls_the_second_stage_to_the_first(cli, tmp_path):
+    """`retain cpt method=ewc debug=fast`: the Fisher of the upstream stage weights a penalty in the downstream one."""
+    proc = cli("cpt", "method=ewc", "debug=fast", f"run_dir={tmp_path / 'run'}", "progress=false")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["method"] == "ewc" and len(summary["stages"]) == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    penalties = [r["train/penalty"] for r in records if "train/penalty" in r]
+    trained = [r for r in records if "train/loss" in r]
+    assert penalties[0] == 0.0 and max(penalties) > 0  # zero at the anchor, then rising as the weights move away
+    assert len(penalties) < len(trained)  # none in the first stage: nothing to be pulled back to yet

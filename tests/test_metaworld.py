@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from finetune.sequence import run_sequence
+from retain.checkpoint import load_checkpoint
 from retain.config import load_config
 
 CW_TINY = [
@@ -20,6 +22,7 @@ CW_TINY = [
 ]
 
 
+@pytest.mark.slow  # ~1 min; the two-task SAC runs below cover Meta-World with SAC in `make test`
 def test_cw10_smoke(tmp_path):
     summary = run_sequence(load_config("sequence", ["sequence=cw10", f"run_dir={tmp_path}", *CW_TINY]))
     results = json.loads((tmp_path / "results.json").read_text())
@@ -48,3 +51,42 @@ def test_evaluation_is_a_function_of_its_seeds():
     runs = [evaluate(lambda obs: np.tanh(obs @ weights), spec, 3, 123, venv=venv).returns for _ in range(2)]
     venv.close()
     assert np.array_equal(runs[0], runs[1]) and len(set(runs[0].round(6))) > 1
+
+
+def _two_task_cw_run(run_dir, method: list[str]) -> dict:
+    cfg = load_config("sequence", ["sequence=cw4", f"run_dir={run_dir}", *method, *CW_TINY])
+    cfg.sequence.tasks = cfg.sequence.tasks[:2]  # hammer -> push-wall
+    run_sequence(cfg)
+    return {int(p.name.split("_")[1]): load_checkpoint(p) for p in (run_dir / "checkpoints").glob("step_*")}
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["method=ewc", "method.batches=2", "method.batch_size=16"],
+        ["method=packnet", "method.retrain_steps=4"],
+        ["method=agem", "method.memory_per_task=64", "method.batch_size=16"],
+    ],
+    ids=lambda m: m[0].split("=")[1],
+)
+def test_sac_learns_two_meta_world_tasks_with_a_continual_method(method, tmp_path):
+    """SAC on hammer -> push-wall: the method acts on the actor through SB3's optimizer hooks, SB3 unmodified."""
+    checkpoints = _two_task_cw_run(tmp_path, method)
+    (first, _, _, _), (last, state, _, _) = checkpoints[100], checkpoints[200]
+    assert json.loads((tmp_path / "summary.json").read_text())["method"] == method[0].split("=")[1]
+    kept = state["method"]
+    if "ewc" in method[0]:  # the actor's importance after task 0 (the critic is not regularized by default)
+        importance = kept["omega"]
+        assert importance and all(n.startswith("actor.") for n in importance)
+        assert all((v >= 0.999e-5).all() for v in importance.values())  # the Fisher floor
+    elif "packnet" in method[0]:  # task 0's actor weights are bit-identical after task 1 trained
+        for name, owner in kept["owner"].items():
+            assert name.startswith("actor.")
+            if owner.dim() >= 2:
+                frozen = owner == 0
+                assert frozen.any() and (owner == 1).any()
+                assert torch.equal(last[name][frozen], first[name][frozen]), name
+        assert not torch.equal(last["critic.qf0.0.weight"], first["critic.qf0.0.weight"])  # the critic learns on
+    else:  # A-GEM: task 0's memory, and task 1's gradient steps projected against it
+        assert len(kept["memories"]) == 1 and len(kept["memories"][0]["actions"]) == 64
+        assert kept["calls"] > 0

@@ -398,7 +398,7 @@ class CptLearner:
             t0 = time.perf_counter()
             inputs, targets = self.hooks.batch(self, self.sampler.next_batch())
             lr = self.scheduler.get_last_lr()[0]  # the rate this update uses
-            total = 0.0
+            total, penalty = 0.0, None
             micro = list(zip(inputs.chunk(train.grad_accum), targets.chunk(train.grad_accum)))
             for k, (x, y) in enumerate(micro):
                 x, y = parallel.rows(x).to(device), parallel.rows(y).to(device)
@@ -435,6 +435,8 @@ class CptLearner:
                     perf["perf/mfu"] = tokens_per_s * self.flops_token / (self.peak * parallel.world)
                 if device.type == "cuda":
                     perf["perf/max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                if penalty is not None:
+                    perf["train/penalty"] = float(penalty.detach())
                 self.log({"train/loss": total, "train/lr": lr, **perf}, self._global_step)
                 if self.bar is not None:
                     self.bar.set_postfix(stage=stage.name, loss=f"{total:.3f}", refresh=False)

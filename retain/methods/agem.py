@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from retain.methods.base import Method, MethodConfig
+from retain.methods.base import Method, MethodConfig, stepping_parameters
 
 if TYPE_CHECKING:
     from retain.learner import Learner
@@ -56,9 +56,8 @@ class AGEM(Method):
     def transform_gradients(self, learner: Learner) -> None:
         if not self.memories:
             return
-        stepping = getattr(learner, "stepping", None)
         params = [
-            p for n, p in learner.named_parameters() if p.grad is not None and (stepping is None or n in stepping)
+            p for p in stepping_parameters(learner, dict(learner.named_parameters())).values() if p.grad is not None
         ]
         if not params:
             return

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
     from retain.runner import Runner
 
 
+def stepping_parameters(learner: Learner, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.nn.Parameter]:
+    """Those of ``params`` that the optimizer stepping now updates. SAC steps its critic and its actor apart,
+    with the actor's forward pass built before the critic's step: a hook of the critic's step that wrote to
+    actor weights would break the actor's backward pass (learners with one optimizer have no ``stepping``)."""
+    stepping = getattr(learner, "stepping", None)
+    return params if stepping is None else {n: p for n, p in params.items() if n in stepping}
+
+
 @dataclass
 class MethodConfig:
     """Every method's config has a name; a method adds its own fields in a subclass."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from retain.methods.base import Method, MethodConfig
+from retain.methods.base import Method, MethodConfig, stepping_parameters
 
 if TYPE_CHECKING:
     from retain.learner import Learner
@@ -65,7 +65,7 @@ class PackNet(Method):
         return owner == (FREE if phase == "train" else task)
 
     def transform_gradients(self, learner: Learner) -> None:
-        for name, p in self._managed(learner).items():
+        for name, p in stepping_parameters(learner, self._managed(learner)).items():
             if p.grad is not None:
                 mask = self._trainable(name)
                 if mask is False:
@@ -77,7 +77,7 @@ class PackNet(Method):
         if not self.values:
             return
         with torch.no_grad():
-            for name, p in self._managed(learner).items():
+            for name, p in stepping_parameters(learner, self._managed(learner)).items():
                 mask = self._trainable(name)
                 if mask is False:
                     p.copy_(self.values[name])
