@@ -36,6 +36,7 @@ from retain.aggregate import (  # noqa: E402
 from retain.errors import UserError  # noqa: E402
 from retain.io import write_text_atomic  # noqa: E402
 from retain.metrics import METRIC_KEYS, auc_forward_transfer  # noqa: E402
+from retain.published import SOURCE, published  # noqa: E402
 from retain.rundir import CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE  # noqa: E402
 from retain.tracking import read_metrics  # noqa: E402
 
@@ -493,6 +494,60 @@ def _by(items: list[dict], key) -> dict:
     return out
 
 
+def _methods_table(aggregates: dict, groups: dict[str, list[dict]]) -> list[str]:
+    """The table a continual-learning paper prints: one row per method (group), the mean over seeds × tasks with
+    its interval for average performance, forgetting and forward transfer (Continual World's AUC against the
+    `reset` run of the same seed where the runs have one, else from R), plus plasticity; Continual World's
+    published numbers beside each row when the runs are on one of its sequences."""
+
+    def forward(agg: dict) -> str:
+        auc, from_r = agg["auc_forward_transfer"], agg["forward_transfer"]
+        if auc and auc.get("n"):
+            return _cell(auc)
+        return _cell(from_r) + " (R)" if from_r and from_r.get("n") else "–"
+
+    head = ["average", "forgetting", "forward transfer", "plasticity"]
+    rows = []
+    shown_published = False
+    for label, agg in aggregates.items():
+        summary = groups[label][0]["summary"]
+        cells = [_cell(agg["average"]), _cell(agg["forgetting"]), forward(agg), _cell(agg["plasticity"])]
+        paper = published(summary.get("sequence"), summary.get("method"))
+        if paper is not None:
+            shown_published = True
+            cells += [
+                fmt_interval(*paper[k]) if k in paper else "–" for k in ("average", "forgetting", "forward_transfer")
+            ]
+        rows.append((label, agg["seeds"], cells))
+    if shown_published:
+        head += ["published: average", "published: forgetting", "published: forward transfer"]
+        rows = [(label, seeds, cells + ["–"] * (len(head) - len(cells))) for label, seeds, cells in rows]
+    lines = [
+        "",
+        f"## Methods: mean over seeds × tasks [{describe()}]",
+        "",
+        "Average: every task's final score; forgetting: every earlier task's drop from right after its training to "
+        "the end (positive = forgot); forward transfer: Continual World's, the area under each task's training "
+        "curve against the `reset` run of the same seed (0: no better than a fresh network), or, marked (R), from "
+        "the results matrix when no `reset` run is in the comparison; plasticity: each task's score right after "
+        "its own training.",
+    ]
+    if shown_published:
+        lines += ["", f"Published: {SOURCE}."]
+    lines += ["", "| method | seeds | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
+    lines += [f"| {label} | {seeds} | " + " | ".join(cells) + " |" for label, seeds, cells in rows]
+    return lines
+
+
+def _mean_run(members: list[dict]) -> dict | None:
+    """The seeds of one group as one run whose R is their mean (None where their task lists differ)."""
+    first = members[0]
+    if any(m["results"]["tasks"] != first["results"]["tasks"] for m in members):
+        return None
+    matrix = np.mean([np.asarray(m["results"]["matrix"], dtype=float) for m in members], axis=0)
+    return {**first, "results": {**first["results"], "matrix": matrix.tolist()}}
+
+
 def _metric_tables(aggregates: dict) -> list[str]:
     head = "| group | seeds | " + " | ".join(_ALL_KEYS) + " |"
     lines = []
@@ -586,22 +641,26 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         "runs otherwise (auc_forward_transfer, against the `reset` run of the same seed). The interquartile mean "
         f"and the mean each come with a {describe()}, {REPS} resamples, seed {SEED}: runs are resampled within "
         "every task. n: the seeds behind a value; with one seed there is no interval.",
+        *_methods_table(aggregates, groups),
         *_metric_tables(aggregates),
         *_improvement_tables(improvements),
     ]
     if per_task:
         lines += _per_task_tables(aggregates, runs[0]["results"])
-    lines += ["", "## Per-task curves", "", f"![curves]({CURVES})", ""]
+    lines += ["", "## Per-task curves", "", f"![curves]({CURVES})", "", "## Results matrices: mean over seeds", ""]
     plot_curves(runs, out / CURVES)
-    for k, run in enumerate(runs):
-        name = f"heatmap_{k}.png"
-        plot_heatmap(run, out / name)
+    for k, (label, members) in enumerate(groups.items()):
+        mean = _mean_run(members)
+        if mean is not None:
+            name = f"heatmap_{k}.png"
+            plot_heatmap(mean, out / name, f"R, mean of {len(members)} seed(s) — {label}")
+            lines += [f"![{label}]({name})", ""]
+    lines += ["## Runs", ""]
+    for run in runs:
         lines += [
-            f"## {label_of(run)} (seed {run['config'].get('seed', '?')}) — `{run['dir']}`",
+            f"### {label_of(run)} (seed {run['config'].get('seed', '?')}) — `{run['dir']}`",
             "",
             *_matrix_table(run["results"]),
-            "",
-            f"![heatmap]({name})",
             "",
         ]
     write_text_atomic(out / "report.md", "\n".join(lines))

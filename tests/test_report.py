@@ -49,7 +49,7 @@ def test_compare_aggregates_seeds_with_a_confidence_interval(tmp_path, cli):
     assert "] n=2 |" in report.split("| finetune · frozenlake_goals | 2 |")[1].splitlines()[0]
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert comparison["groups"]["finetune · frozenlake_goals"]["average"]["n"] == 2
-    assert (tmp_path / "cmp" / "curves.png").exists() and (tmp_path / "cmp" / "heatmap_2.png").exists()
+    assert (tmp_path / "cmp" / "curves.png").exists() and (tmp_path / "cmp" / "heatmap_1.png").exists()
 
 
 def test_report_of_an_unfinished_run_says_how_to_finish_it(tmp_path, cli):
@@ -201,3 +201,26 @@ def test_comparison_is_deterministic_and_rebuilt_by_the_cli_entry(tmp_path):
     assert (np.random.get_state()[1] == before).all()  # the bootstrap's seed leaves the caller's RNG alone
     (tmp_path / "cmp" / "report.md").unlink()
     assert report_main([str(tmp_path / "cmp")]) == 0 and (tmp_path / "cmp" / "report.md").read_text() == report
+
+
+def test_methods_table_puts_continual_worlds_published_numbers_beside_each_method(tmp_path):
+    runs = [
+        fake_run(tmp_path, f"{m}{s}", success_matrix((0.2 * s, 0.5, 0.9)), m, s)
+        for m in ("finetune", "ewc")
+        for s in (0, 1)
+    ]
+    runs.append(fake_run(tmp_path, "mine0", success_matrix((0.5, 0.5, 0.5)), "mine", 0))
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "sequence": "cw20", "label": summary["method"]}))
+    compare_runs(runs, tmp_path / "cmp")
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    table = report.split("## Methods")[1].split("\n## ")[0]
+    assert "published: average" in table and "Continual World" in table
+    ewc = next(line for line in table.splitlines() if line.startswith("| ewc |"))
+    cells = [c.strip() for c in ewc.strip("|").split("|")]
+    assert cells[1] == "2" and cells[2].startswith("0.") and "[" in cells[2]  # ours: mean [CI] over 2 seeds
+    assert cells[6].startswith("0.603 [0.566, 0.638]") and cells[7].startswith("0.021")  # CW20's EWC
+    mine = next(line for line in table.splitlines() if line.startswith("| mine |"))
+    assert mine.rstrip(" |").endswith("– | – | –")  # a method Continual World did not run
+    assert all((tmp_path / "cmp" / f"heatmap_{k}.png").stat().st_size > 1000 for k in range(3))  # one per method
