@@ -8,6 +8,8 @@ buffer that exact resumption needs.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,10 @@ class AgentConfig:
     algo: str = "PPO"
     """PPO | A2C | DQN | SAC | TD3"""
     policy: str = "MlpPolicy"
-    """SB3 policy class name"""
+    """SB3 policy class name, or a class by dotted path (agents.cw_sac.ContinualWorldPolicy)"""
+    task_id: bool = False
+    """append each task's one-hot id to observations; a policy taking ``num_tasks`` (Continual World's
+    multi-head one) is told their number"""
     n_envs: int = 8
     """parallel training environments"""
     vec_env: str = "dummy"
@@ -46,8 +51,25 @@ class AgentConfig:
     """keyword arguments of the policy (net_arch, activation_fn as a torch.nn name, ...)"""
 
 
-def _policy_kwargs(cfg: AgentConfig) -> dict:
+def policy_class(cfg: AgentConfig) -> str | type:
+    """SB3's name of a built-in policy, or the class a dotted path names."""
+    if "." not in cfg.policy:
+        return cfg.policy
+    module, _, name = cfg.policy.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(
+            f"agent.policy={cfg.policy!r} cannot be imported ({e})",
+            "use an SB3 policy name (MlpPolicy) or a module.Class path",
+        ) from e
+
+
+def _policy_kwargs(cfg: AgentConfig, num_tasks: int = 0) -> dict:
     kwargs = dict(cfg.policy_kwargs)
+    policy = policy_class(cfg)
+    if not isinstance(policy, str) and "num_tasks" in inspect.signature(policy).parameters:
+        kwargs["num_tasks"] = num_tasks if cfg.task_id else 0
     if isinstance(kwargs.get("activation_fn"), str):
         name = kwargs["activation_fn"]
         if not hasattr(torch.nn, name):
@@ -92,17 +114,18 @@ def rollout_size(cfg: AgentConfig) -> int:
     return steps * cfg.n_envs
 
 
-def build_model(cfg: AgentConfig, env: VecEnv, seed: int, device: str = "auto") -> BaseAlgorithm:
-    """A fresh SB3 algorithm on ``env`` with the config's hyper-parameters."""
+def build_model(cfg: AgentConfig, env: VecEnv, seed: int, device: str = "auto", num_tasks: int = 0) -> BaseAlgorithm:
+    """A fresh SB3 algorithm on ``env`` with the config's hyper-parameters (``num_tasks``: the length of the
+    one-hot task id ending each observation when ``cfg.task_id``)."""
     check_agent(cfg, env.action_space, "?")
     try:
         return ALGORITHMS[cfg.algo](
-            cfg.policy,
+            policy_class(cfg),
             env,
             seed=seed,
             device=resolve_device(device),
             verbose=0,
-            policy_kwargs=_policy_kwargs(cfg),
+            policy_kwargs=_policy_kwargs(cfg, num_tasks),
             **cfg.hyperparams,
         )
     except TypeError as e:

@@ -193,6 +193,38 @@ def _make_raw(spec: EnvSpec) -> gym.Env:
     return env
 
 
+class EndAtSuccess(gym.Wrapper):
+    """Truncates an episode at its first success, so a success-rate evaluation steps no further than it must."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("success") or info.get("is_success"):
+            truncated = True
+        return obs, reward, terminated, truncated, info
+
+
+class OneHotTask(gym.ObservationWrapper):
+    """Appends task ``index``'s one-hot id (of ``count`` tasks) to flat Box observations."""
+
+    def __init__(self, env: gym.Env, index: int, count: int):
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ConfigError(
+                f"a one-hot task id extends flat Box observations, not {space}", "set agent.task_id=false"
+            )
+        self.one_hot = np.zeros(count, dtype=space.dtype)
+        self.one_hot[index] = 1
+        self.observation_space = gym.spaces.Box(
+            np.concatenate([space.low, np.zeros(count)]).astype(space.dtype),
+            np.concatenate([space.high, np.ones(count)]).astype(space.dtype),
+            dtype=space.dtype,
+        )
+
+    def observation(self, observation):
+        return np.concatenate([observation, self.one_hot])
+
+
 def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
     """A thunk that builds the environment of ``spec`` (wrapped in SB3's Monitor for episode stats).
 
@@ -212,6 +244,10 @@ def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
             from envs.text import TextTokens
 
             env = TextTokens(env)
+        if spec.one_hot_task is not None:
+            env = OneHotTask(env, *spec.one_hot_task)
+        if spec.end_at_success:
+            env = EndAtSuccess(env)
         if monitor:
             from stable_baselines3.common.monitor import Monitor
 

@@ -29,6 +29,12 @@ class EnvSpec:
     text_tokens: bool = False
     """encode text observations (BabyAI missions) as hashed word ids (envs.text), so vectorized envs and
     networks can take them; offline learners set it for their evaluation envs"""
+    one_hot_task: list[int] | None = None
+    """[index, count]: append the one-hot id of task ``index`` of ``count`` to (flat Box) observations, as
+    Continual World tells its networks the task (the SB3 learner sets it with agent.task_id)"""
+    end_at_success: bool = False
+    """end an episode at its first success (``info['success']``/``info['is_success']``): scored by success, an
+    evaluation then steps less; the retain sequence job sets it for evaluation envs with eval.end_at_success"""
     ref_min_score: float | None = None
     """return of a random policy (D4RL's normalization; envs.d4rl.REF_SCORES has MuJoCo's)"""
     ref_max_score: float | None = None

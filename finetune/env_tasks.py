@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +39,8 @@ class EvalSettings:
     """parallel envs per task"""
     workers: int = 1
     """>1: evaluations of every task step all their envs at once in this many processes"""
+    end_at_success: bool = False
+    """episodes end at their first success (``EnvSpec.end_at_success``)"""
 
 
 def sequence_tasks(cfg: DictConfig) -> list[Task]:
@@ -101,8 +103,12 @@ class EnvScorer:
         self, tasks: list[Task], evaluation: EvalSettings, metric: str, seed: int, extra: dict[str, list[Task]]
     ):
         self.tasks, self.metric, self.extra = tasks, metric, extra
+
+        def specs(ts: list[Task]) -> list[EnvSpec]:
+            return [replace(t.env, end_at_success=True) if evaluation.end_at_success else t.env for t in ts]
+
         self.main = TaskSetEvaluator(
-            [t.env for t in tasks],
+            specs(tasks),
             evaluation.episodes,
             [derive_seed(seed, "eval", j) for j in range(len(tasks))],
             evaluation.n_envs,
@@ -110,7 +116,7 @@ class EnvScorer:
         )
         self.sets = {
             name: TaskSetEvaluator(
-                [t.env for t in ts],
+                specs(ts),
                 evaluation.episodes,
                 [derive_seed(seed, "eval", name, k) for k in range(len(ts))],
                 evaluation.n_envs,

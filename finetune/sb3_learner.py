@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,13 @@ class Sb3Learner:
         device: str = "auto",
         extra: dict[str, list[Task]] | None = None,
     ):
+        if agent.task_id and extra:
+            raise ConfigError(
+                "extra evaluation sets have no task id to append to their observations",
+                "drop extra_eval or set agent.task_id=false",
+            )
+        if agent.task_id:  # each task's envs append its one-hot id (Continual World's setting)
+            tasks = [replace(t, env=replace(t.env, one_hot_task=[j, len(tasks)])) for j, t in enumerate(tasks)]
         self.task_list, self.agent, self.cfg = tasks, agent, cfg
         self.tasks = self.eval_tasks = [t.name for t in tasks]
         self.metric, self.seed, self.device = metric, seed, device
@@ -129,7 +136,8 @@ class Sb3Learner:
         if getattr(self, "model", None) is not None and self.model.env is not None:
             self.model.env.close()
         self.data_tasks = list(data_tasks)
-        model = build_model(self.agent, self._train_env(data_tasks), derive_seed(self.seed, "model", task), self.device)
+        env = self._train_env(data_tasks)
+        model = build_model(self.agent, env, derive_seed(self.seed, "model", task), self.device, len(self.task_list))
         self._install_hooks(model)
         return model
 
@@ -251,7 +259,7 @@ class Sb3Learner:
             if "buffer_size" in agent.hyperparams:
                 agent.hyperparams["buffer_size"] = 1  # only the policy is wanted, not a 1M-step buffer
             env = DummyVecEnv([make_mixture_env([self.task_list[task].env]) for _ in range(agent.n_envs)])
-            model = build_model(agent, env, derive_seed(self.seed, "model", task), "cpu")
+            model = build_model(agent, env, derive_seed(self.seed, "model", task), "cpu", len(self.task_list))
             self._fresh[task] = {k: v.detach().clone() for k, v in model.policy.state_dict().items()}
             env.close()
         return self._fresh[task]

@@ -44,6 +44,9 @@ class EvalConfig:
     """also evaluate every this many steps (updates, for learner=offline) early in each task: the stability gap"""
     dense_until_fraction: float = 0.0
     """the early part of each task evaluated every dense_every"""
+    end_at_success: bool = False
+    """end evaluation episodes at their first success: a success rate scores the same in fewer steps
+    (Meta-World's 500-step episodes; returns and lengths are then of the shortened episodes)"""
 
 
 @dataclass
@@ -126,7 +129,9 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
 
 def build_learner(cfg: DictConfig, tasks: list[Task]):
     """The learner ``cfg.learner`` names over the checked ``tasks`` (its own config and datasets checked too)."""
-    evaluation = EvalSettings(cfg.eval.episodes or cfg.sequence.eval_episodes, cfg.eval.n_envs, cfg.eval.workers)
+    evaluation = EvalSettings(
+        cfg.eval.episodes or cfg.sequence.eval_episodes, cfg.eval.n_envs, cfg.eval.workers, cfg.eval.end_at_success
+    )
     if evaluation.episodes < 1 or evaluation.n_envs < 1 or evaluation.workers < 1:
         raise ConfigError(
             f"eval.episodes={evaluation.episodes}, eval.n_envs={evaluation.n_envs}, eval.workers={evaluation.workers}",

@@ -90,3 +90,23 @@ def test_sac_learns_two_meta_world_tasks_with_a_continual_method(method, tmp_pat
     else:  # A-GEM: task 0's memory, and task 1's gradient steps projected against it
         assert len(kept["memories"]) == 1 and len(kept["memories"][0]["actions"]) == 64
         assert kept["calls"] > 0
+
+
+def test_ending_episodes_at_success_keeps_the_success_rate_and_shortens_them():
+    """eval.end_at_success: the scripted expert's success rate on faucet-close is the same, in fewer steps."""
+    import dataclasses
+
+    import numpy as np
+
+    from envs.evaluation import evaluate
+    from envs.metaworld_experts import MetaWorldExpert
+    from envs.spec import EnvSpec
+
+    expert = MetaWorldExpert("faucet-close-v3")
+    spec = EnvSpec(id="Meta-World/MT1", kwargs={"env_name": "faucet-close-v3"}, max_episode_steps=200)
+    full, short = (
+        evaluate(lambda obs: np.stack([expert.act(o, {}) for o in obs]), s, 4, 7, n_envs=4)
+        for s in (spec, dataclasses.replace(spec, end_at_success=True))
+    )
+    assert full.successes.mean() == short.successes.mean() == 1.0
+    assert (full.lengths == 200).all() and (short.lengths < 200).all()
