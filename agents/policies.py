@@ -186,7 +186,8 @@ class BCPolicy(nn.Module):
         onehot = F.one_hot(task.long().clamp_min(0), self.n_tasks).float() * (task >= 0).unsqueeze(-1)
         return torch.cat([features, onehot.to(features.dtype)], dim=-1)
 
-    def _out(self, obs, task: torch.Tensor | None = None) -> torch.Tensor:
+    def _raw(self, obs, task: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits, or the action mean before its tanh squashing."""
         out = self.head(self.trunk(self._features(obs, task)))
         if self.heads > 1:  # one head per task: each row reads its task's (a task outside the sequence: head 0)
             if task is None:
@@ -194,6 +195,10 @@ class BCPolicy(nn.Module):
             out = out.view(len(out), self.heads, -1)[
                 torch.arange(len(out), device=out.device), task.long().clamp_min(0)
             ]
+        return out
+
+    def _out(self, obs, task: torch.Tensor | None = None) -> torch.Tensor:
+        out = self._raw(obs, task)
         if self.discrete:
             return out
         return self.low + (torch.tanh(out) + 1.0) * 0.5 * (self.high - self.low)
@@ -216,8 +221,9 @@ class BCPolicy(nn.Module):
         return torch.distributions.Normal(out, self.log_std.exp()).log_prob(actions.float()).sum(-1)
 
     def output_norm(self, obs, task: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-row squared norm of the outputs: logits, or the mean and log-std of the action distribution."""
-        out = self._out(obs, task)
+        """Per-row squared norm of the outputs: logits, or the mean (before squashing, as Continual World takes
+        SAC's: a squashed mean at the action bounds has no gradient left) and log-std of the action distribution."""
+        out = self._raw(obs, task)
         norm = out.pow(2).sum(-1)
         return norm if self.discrete else norm + self.log_std.pow(2).sum()
 

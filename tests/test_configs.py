@@ -81,8 +81,8 @@ def test_agent_options_build_sb3_models(option):
     if "buffer_size" in agent.hyperparams:
         agent.hyperparams["buffer_size"] = 1000
     env_id = "Pendulum-v1" if agent.algo in ("SAC", "TD3") else "CartPole-v1"
-    env = make_vec_env(EnvSpec(id=env_id), agent.n_envs)
-    model = build_model(agent, env, seed=0, device="cpu")
+    env = make_vec_env(EnvSpec(id=env_id, one_hot_task=[0, 1] if agent.task_id else None), agent.n_envs)
+    model = build_model(agent, env, seed=0, device="cpu", num_tasks=1)
     assert type(model).__name__ == agent.algo
     env.close()
 
