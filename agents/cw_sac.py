@@ -123,6 +123,15 @@ class ContinualWorldPolicy(SACPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), **self._cw_kwargs}
 
+    def head_parameters(self) -> list[str]:
+        """Names of the per-task heads' parameters (none with a single head): methods leave them alone, as
+        Continual World regularizes and prunes only the networks' common variables."""
+        if not self._cw_kwargs["multihead"]:
+            return []
+        heads = [f"critic.qf{i}.{len(q) - 1}." for i, q in enumerate(self.critic.q_networks)]
+        heads += ["actor.mu.", "actor.log_std."]
+        return [n for n, _ in self.named_parameters() if n.startswith(tuple(heads))]
+
     def make_actor(self, features_extractor=None) -> ContinualWorldActor:
         kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
         return ContinualWorldActor(**kwargs, **self._cw_kwargs).to(self.device)

@@ -38,6 +38,8 @@ class AgentConfig:
     """PPO | A2C | DQN | SAC | TD3"""
     policy: str = "MlpPolicy"
     """SB3 policy class name, or a class by dotted path (agents.cw_sac.ContinualWorldPolicy)"""
+    reset_optimizer: bool = False
+    """clear the optimizers' state (Adam's moments) when a new task starts, as Continual World does"""
     task_id: bool = False
     """append each task's one-hot id to observations; a policy taking ``num_tasks`` (Continual World's
     multi-head one) is told their number"""

@@ -43,6 +43,15 @@ class Sb3LearnerConfig:
     """off-policy agents: empty the replay buffer when the task changes (Continual World's default)"""
 
 
+def _optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
+    """The algorithm's optimizers (SAC: actor, critic and entropy coefficient)."""
+    return [
+        obj
+        for name in model._get_torch_save_params()[0]
+        if name != "policy" and isinstance(obj := _attr(model, name), torch.optim.Optimizer)
+    ]
+
+
 class _TrackerWriter(KVWriter):
     """Forwards SB3's logger records to the run's tracker under retain's metric prefixes."""
 
@@ -146,12 +155,7 @@ class Sb3Learner:
         if not self.hooks.any_step_hook:
             return
         names = {id(p): n for n, p in model.policy.named_parameters()}
-        optimizers = [
-            obj
-            for name in model._get_torch_save_params()[0]
-            if name != "policy" and isinstance(obj := _attr(model, name), torch.optim.Optimizer)
-        ]
-        for optimizer in optimizers:
+        for optimizer in _optimizers(model):
             params = [p for g in optimizer.param_groups for p in g["params"] if id(p) in names]
             if params:
                 optimizer.register_step_pre_hook(lambda opt, args, kwargs, params=params: self._before_step(params))
@@ -214,6 +218,9 @@ class Sb3Learner:
         # Continual World's perfect memory: with replay the buffer keeps every earlier task's transitions
         if self.cfg.reset_replay_buffer and buffer is not None and not replay:
             buffer.reset()
+        if self.agent.reset_optimizer and task > 0:  # Adam's moments of the last task would move the new one
+            for optimizer in _optimizers(self.model):
+                optimizer.state.clear()
         return False
 
     def train_chunk(self, task: int, chunk: int, units: int) -> None:
@@ -299,8 +306,10 @@ class Sb3Learner:
 
     def regularized_parameters(self, critic: bool = False) -> list[str]:
         """SAC: the actor's parameters (and the critics' with ``critic``; never the target critics); PPO/A2C:
-        the shared network and the action head (and the value head with ``critic``)."""
-        names = [n for n, _ in self.model.policy.named_parameters()]
+        the shared network and the action head (and the value head with ``critic``). Per-task heads of a
+        multi-head policy are never included (Continual World's ``common_variables``)."""
+        heads = set(getattr(self.model.policy, "head_parameters", list)())  # per-task heads: left alone
+        names = [n for n, _ in self.model.policy.named_parameters() if n not in heads]
         if self.agent.algo in ("SAC", "TD3"):
             return [n for n in names if n.startswith("actor.") or (critic and n.startswith("critic."))]
         return [n for n in names if critic or "value_net" not in n]

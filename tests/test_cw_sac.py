@@ -76,3 +76,11 @@ def test_one_hot_task_extends_observations():
     obs, _ = env.reset(seed=0)
     assert env.observation_space.shape == (6,) and np.array_equal(obs[3:], [0, 1, 0])
     assert env.observation_space.contains(obs)
+
+
+def test_methods_leave_the_per_task_heads_alone():
+    policy = _sac().policy
+    heads = policy.head_parameters()
+    assert "actor.mu.weight" in heads and "actor.log_std.bias" in heads and "critic.qf1.9.weight" in heads
+    assert not any(n.startswith(("actor.latent_pi.", "critic.qf0.0.")) for n in heads)
+    assert _sac(multihead=False).policy.head_parameters() == []
