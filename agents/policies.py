@@ -213,6 +213,11 @@ class BCPolicy(nn.Module):
         std = self.log_std.exp()
         return -torch.distributions.Normal(out, std).log_prob(actions.float()).sum(-1).mean()
 
+    def gaussian(self, obs, task: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, the mean and std of the Gaussian over actions (continuous actions)."""
+        out = self._out(obs, task)
+        return out, self.log_std.exp().expand_as(out)
+
     def log_likelihood(self, obs, actions: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Per-row log-likelihood of ``actions`` under the policy (Gaussian with the learned std; categorical)."""
         out = self._out(obs, task)

@@ -326,6 +326,12 @@ class OfflineLearner:
         obs, actions, _ = batch
         return self.policy.log_likelihood(obs, actions, self._ids_of(batch))
 
+    def is_gaussian(self) -> bool:
+        return not self.policy.discrete
+
+    def gaussian(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.policy.gaussian(batch[0], self._ids_of(batch))
+
     def output_norm(self, batch) -> torch.Tensor:
         return self.policy.output_norm(batch[0], self._ids_of(batch))
 

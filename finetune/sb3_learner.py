@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -333,6 +334,17 @@ class Sb3Learner:
             dist = self.model.actor.action_dist.proba_distribution(mean, log_std, **kwargs)
             return dist.log_prob(batch.actions)
         return self.model.policy.evaluate_actions(batch.observations, batch.actions)[1]
+
+    def is_gaussian(self) -> bool:
+        """SAC, PPO and A2C on Box actions act through a Gaussian (SAC's before squashing; TD3 is deterministic)."""
+        return self.agent.algo in ("SAC", "PPO", "A2C") and isinstance(self.model.action_space, gym.spaces.Box)
+
+    def gaussian(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._off_policy:
+            mean, log_std, _ = self.model.actor.get_action_dist_params(batch.observations)
+            return mean, log_std.exp()
+        dist = self.model.policy.get_distribution(batch.observations).distribution
+        return dist.mean, dist.stddev
 
     def output_norm(self, batch) -> torch.Tensor:
         if self._off_policy:

@@ -82,7 +82,7 @@ def test_penalty_is_zero_at_the_anchor_and_pulls_back_to_it(name):
 
 
 def test_ewc_fisher_is_the_mean_of_per_sample_squared_score_gradients():
-    learner, method = _anchored("ewc")
+    learner, method = _anchored("ewc", fisher="empirical")
     W, b = learner.model.weight.detach(), learner.model.bias.detach()
     x, y = learner.x[0], learner.y[0]
     residual = y - (x @ W.T + b)  # d log N(y; Wx+b, 1) / d(Wx+b)
@@ -90,6 +90,44 @@ def test_ewc_fisher_is_the_mean_of_per_sample_squared_score_gradients():
     fisher_b = np.mean([r**2 for r in residual.numpy()], axis=0)
     assert np.allclose(method.omega["weight"].numpy(), np.maximum(fisher_w, 1e-5), atol=1e-6)
     assert np.allclose(method.omega["bias"].numpy(), np.maximum(fisher_b, 1e-5), atol=1e-6)
+
+
+class GaussianLearner(TinyLearner):
+    """The tiny model as a Gaussian policy N(W x + b, exp(log_std)) with a learned, state-independent std."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_std = torch.nn.Parameter(torch.tensor([-0.5, 0.3]))
+
+    def named_parameters(self):
+        return [*self.model.named_parameters(), ("log_std", self.log_std)]
+
+    def regularized_parameters(self, critic=False):
+        return ["weight", "bias", "log_std"]
+
+    def is_gaussian(self):
+        return True
+
+    def gaussian(self, batch):
+        mean = self.model(batch[0])
+        return mean, self.log_std.exp().expand_as(mean)
+
+
+def test_ewc_fisher_of_a_gaussian_policy_is_continual_worlds_closed_form():
+    """Per sample Σ_k ((∂μ_k)² + 2 (∂σ_k)²) / σ_k², clipped at 1e-5, averaged: for μ = W x + b, the weight's
+    entry (k, j) is mean(x_j²) / σ_k², the bias's 1 / σ_k²; for σ = exp(log_std), log_std's is 2 exactly."""
+    learner = GaussianLearner()
+    method = make_method({"name": "ewc", "batches": 1})
+    method.after_task(SimpleNamespace(learner=learner), 0)
+    var = learner.log_std.detach().exp().pow(2).numpy()
+    x = learner.x[0].numpy()
+    expected_w = (x**2).mean(0)[None, :] / var[:, None]
+    assert np.allclose(method.omega["weight"].numpy(), np.maximum(expected_w, 1e-5), rtol=1e-4)
+    assert np.allclose(method.omega["bias"].numpy(), 1.0 / var, rtol=1e-4)
+    assert np.allclose(method.omega["log_std"].numpy(), 2.0, rtol=1e-4)
+    empirical = make_method({"name": "ewc", "batches": 1, "fisher": "empirical"})
+    empirical.after_task(SimpleNamespace(learner=GaussianLearner()), 0)
+    assert not torch.allclose(empirical.omega["bias"], method.omega["bias"])  # the switch chooses the estimate
 
 
 def test_mas_importance_is_the_mean_absolute_gradient_of_the_output_norm():
