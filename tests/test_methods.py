@@ -37,8 +37,10 @@ class TinyLearner:
         return ["weight", "bias"]
 
     def method_batches(self, task, batches, batch_size):
-        for _ in range(batches):
-            yield self.x[task], self.y[task]
+        rows = torch.arange(batches * batch_size) % len(self.x[task])  # the task's samples, in order, cycled
+        for start in range(0, len(rows), batch_size):
+            pick = rows[start : start + batch_size]
+            yield self.x[task][pick], self.y[task][pick]
 
     def log_likelihood(self, batch):
         x, y = batch
@@ -60,7 +62,7 @@ class TinyLearner:
 
 def _anchored(name: str, **cfg):
     learner = TinyLearner()
-    method = make_method({"name": name, "batches": 1, **cfg})
+    method = make_method({"name": name, "batches": 1, "batch_size": 8, **cfg})
     method.after_task(SimpleNamespace(learner=learner), 0)
     return learner, method
 
@@ -117,7 +119,7 @@ def test_ewc_fisher_of_a_gaussian_policy_is_continual_worlds_closed_form():
     """Per sample Σ_k ((∂μ_k)² + 2 (∂σ_k)²) / σ_k², clipped at 1e-5, averaged: for μ = W x + b, the weight's
     entry (k, j) is mean(x_j²) / σ_k², the bias's 1 / σ_k²; for σ = exp(log_std), log_std's is 2 exactly."""
     learner = GaussianLearner()
-    method = make_method({"name": "ewc", "batches": 1})
+    method = make_method({"name": "ewc", "batches": 1, "batch_size": 8})
     method.after_task(SimpleNamespace(learner=learner), 0)
     var = learner.log_std.detach().exp().pow(2).numpy()
     x = learner.x[0].numpy()
@@ -125,7 +127,7 @@ def test_ewc_fisher_of_a_gaussian_policy_is_continual_worlds_closed_form():
     assert np.allclose(method.omega["weight"].numpy(), np.maximum(expected_w, 1e-5), rtol=1e-4)
     assert np.allclose(method.omega["bias"].numpy(), 1.0 / var, rtol=1e-4)
     assert np.allclose(method.omega["log_std"].numpy(), 2.0, rtol=1e-4)
-    empirical = make_method({"name": "ewc", "batches": 1, "fisher": "empirical"})
+    empirical = make_method({"name": "ewc", "batches": 1, "batch_size": 8, "fisher": "empirical"})
     empirical.after_task(SimpleNamespace(learner=GaussianLearner()), 0)
     assert not torch.allclose(empirical.omega["bias"], method.omega["bias"])  # the switch chooses the estimate
 

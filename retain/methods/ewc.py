@@ -76,13 +76,14 @@ def gaussian_fisher(
 ) -> dict[str, torch.Tensor]:
     """Continual World's Fisher of a Gaussian policy on ``batches`` of the task's data (see the module doc).
 
-    Each sample's 2·A output gradients (μ_k and σ_k) come from one vectorized backward pass
-    (``is_grads_batched``) through the graph of its batch."""
+    Samples are drawn one at a time (batches of one row), so each sample's backward pass runs through its own
+    small graph rather than its whole batch's; its 2·A output gradients (μ_k and σ_k) come from one vectorized
+    backward pass (``is_grads_batched``)."""
     params = dict(learner.named_parameters())
     wanted = [(n, params[n]) for n in names if params[n].requires_grad]
     total = {n: torch.zeros_like(p) for n, p in wanted}
     count = 0
-    for batch in learner.method_batches(task, batches, batch_size):
+    for batch in learner.method_batches(task, batches * batch_size, 1):
         with torch.enable_grad():
             mean, std = learner.gaussian(batch)
             outputs = torch.cat([mean, std], dim=-1)  # rows × 2A

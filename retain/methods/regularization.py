@@ -87,14 +87,15 @@ def per_sample_importance(
     """mean over samples s of ``reduce(∂ per_sample(batch)[s] / ∂θ)`` for every parameter named in ``names``.
 
     ``per_sample(batch)`` returns one scalar per sample (a log-likelihood, an output norm); each sample's
-    gradient is taken on its own (one backward pass per sample, the graph of the batch kept), as EWC's Fisher
-    and MAS's importance are averages of per-sample quantities, not of the batch gradient.
+    gradient is taken on its own, as EWC's Fisher and MAS's importance are averages of per-sample quantities,
+    not of the batch gradient. ``batches`` × ``batch_size`` samples are drawn one at a time (batches of one
+    row), so each backward pass runs through one sample's graph, not its whole batch's.
     """
     params = dict(learner.named_parameters())
     wanted = [(n, params[n]) for n in names if params[n].requires_grad]
     total = {n: torch.zeros_like(p) for n, p in wanted}
     count = 0
-    for batch in learner.method_batches(task, batches, batch_size):
+    for batch in learner.method_batches(task, batches * batch_size, 1):
         with torch.enable_grad():
             values = per_sample(batch)
             for s in range(len(values)):
