@@ -66,16 +66,33 @@ class TaskData:
         size: int,
         generator: torch.Generator,
         replay: list[tuple[int, int]] | None = None,
+        memories: dict[int, torch.Tensor] | None = None,
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """``size`` rows ``(observations, actions, task index)``: ``count`` rows of each replayed ``(task, count)``,
-        the rest with a task drawn uniformly from ``tasks`` per row; within a task, rows uniformly."""
+        the rest with a task drawn uniformly from ``tasks`` per row; within a task, rows uniformly — for a
+        replayed task with an entry in ``memories``, uniformly among those kept rows."""
         device = self.actions.device
         main = size - sum(count for _, count in replay or [])
         pick = tasks[torch.randint(len(tasks), (main,), generator=generator, device="cpu").to(device)]
         if replay:
             pick = torch.cat([pick, *(torch.full((count,), task, device=device) for task, count in replay)])
         u = torch.rand(size, generator=generator, device="cpu").to(device)
-        return self.rows(self.offsets[pick] + (u * self.sizes[pick]).long().clamp_max(self.sizes[pick] - 1), pick)
+        rows = self.offsets[pick] + (u * self.sizes[pick]).long().clamp_max(self.sizes[pick] - 1)
+        start = main
+        for task, count in replay or []:
+            if memories is not None and task in memories:
+                kept = memories[task]
+                rows[start : start + count] = kept[
+                    (u[start : start + count] * len(kept)).long().clamp_max(len(kept) - 1)
+                ]
+            start += count
+        return self.rows(rows, pick)
+
+    def kept_rows(self, task: int, size: int, seed: int) -> torch.Tensor:
+        """``size`` distinct row indices of ``task`` (all of them if it has fewer), a draw fixed by ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(int(self.sizes[task]), generator=generator)[:size]
+        return (self.offsets[task] + order.to(self.sizes.device)).sort().values
 
     def rows(self, rows: torch.Tensor, tasks: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         obs = {k: v[rows] for k, v in self.obs.items()} if isinstance(self.obs, dict) else self.obs[rows]

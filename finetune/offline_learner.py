@@ -122,6 +122,7 @@ class OfflineLearner:
         self._global_step = 0
         self.task, self.task_step, self.model_task = 0, 0, 0
         self.data_tasks, self.replay_rows = [0], []
+        self.replay_memory: int | None = None  # rows kept per earlier task for replay (None: all)
         self.policy = self._fresh_policy(0)
         self.optimizer, self.scheduler = self._optimizer(0)
 
@@ -174,8 +175,11 @@ class OfflineLearner:
     def bind(self, log, hooks: StepHooks, progress) -> None:
         self.log, self.hooks, self.bar = log, hooks, progress
 
-    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
+    def prepare_task(
+        self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None, memory: int | None = None
+    ) -> bool:
         self.task, self.task_step, self.data_tasks = task, 0, list(data_tasks)
+        self.replay_memory = memory
         # exact rows per batch, so a replay share is what every batch holds
         self.replay_rows = [[int(j), round(share * self.cfg.batch_size)] for j, share in (replay or {}).items()]
         if sum(count for _, count in self.replay_rows) >= self.cfg.batch_size:
@@ -189,15 +193,26 @@ class OfflineLearner:
             self.scheduler = build_scheduler(self.optimizer, self.cfg.schedule, self.budget(task))
         return False
 
+    def _replay_memories(self) -> dict[int, torch.Tensor] | None:
+        """The rows kept of each replayed task under a budget: a seeded draw without replacement, the same
+        whenever it is asked for (so a resumed run replays the same rows)."""
+        if self.replay_memory is None:
+            return None
+        return {
+            j: self.data.kept_rows(j, self.replay_memory, derive_seed(self.seed, "replay-memory", j))
+            for j, _ in self.replay_rows
+        }
+
     def train_chunk(self, task: int, chunk: int, units: int) -> None:
         chunk_seed = derive_seed(self.seed, "train", task, chunk)
         seed_everything(chunk_seed)
         generator = torch.Generator().manual_seed(chunk_seed)
         tasks = torch.tensor(self.data_tasks, device=self.device)
+        memories = self._replay_memories()
         self.policy.train()
         t0, losses = time.perf_counter(), []
         for _ in range(units):
-            batch = self.data.batch(tasks, self.cfg.batch_size, generator, self.replay_rows)
+            batch = self.data.batch(tasks, self.cfg.batch_size, generator, self.replay_rows, memories)
             batch = self.hooks.batch(self, batch)
             obs, actions, task_ids = batch
             with autocast(self.device, self.bf16):
@@ -289,6 +304,7 @@ class OfflineLearner:
             "model_task": self.model_task,
             "data_tasks": self.data_tasks,
             "replay_rows": self.replay_rows,
+            "replay_memory": self.replay_memory,
         }
         return LearnerState(self.weights(), state)
 
@@ -302,6 +318,7 @@ class OfflineLearner:
         self.task, self.task_step, self.model_task = s["task"], s["task_step"], s["model_task"]
         self.data_tasks, self._global_step = list(s["data_tasks"]), int(s["global_step"])
         self.replay_rows = [list(r) for r in s.get("replay_rows", [])]
+        self.replay_memory = s.get("replay_memory")
         self.optimizer, self.scheduler = self._optimizer(self.task)
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])

@@ -205,8 +205,15 @@ class Sb3Learner:
         self.log, self.hooks, self.bar = log, hooks, progress
         self._install_hooks(self.model)
 
-    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
+    def prepare_task(
+        self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None, memory: int | None = None
+    ) -> bool:
         buffer = getattr(self.model, "replay_buffer", None)
+        if memory is not None:
+            raise ConfigError(
+                "method.memory_per_task budgets offline and CPT replay; SB3 replays from its replay buffer",
+                "drop method.memory_per_task and size the buffer with agent.hyperparams.buffer_size",
+            )
         if replay and buffer is None:
             raise ConfigError(
                 f"replay keeps earlier tasks' transitions in the replay buffer, which {self.agent.algo} has none of",

@@ -116,10 +116,12 @@ class Learner(Protocol):
         step hooks, and a progress bar to ``update(units)``. Called once before anything else trains."""
         ...
 
-    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
+    def prepare_task(
+        self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None, memory: int | None = None
+    ) -> bool:
         """Point training at task ``task``, on the data (or envs) of ``data_tasks`` (the method's choice:
         ``[task]``, or every task so far for multitask), with ``replay``'s share of every batch drawn from
-        earlier tasks' data. Returns True when the weights changed here (e.g. a CPT stage loading a
+        earlier tasks' data — from ``memory`` rows/tokens kept per task, or all of it. Returns True when the weights changed here (e.g. a CPT stage loading a
         checkpoint), so the runner measures the task's start again."""
         ...
 

@@ -375,7 +375,8 @@ class Runner:
             if start_chunk == 0:
                 moved = bool(self.method.before_task(self, i))
                 replay = self.method.replay(i)
-                moved = bool(self.learner.prepare_task(i, self.method.train_tasks(i), replay)) or moved
+                memory = self.method.replay_memory()
+                moved = bool(self.learner.prepare_task(i, self.method.train_tasks(i), replay, memory)) or moved
                 self._start(i, moved)
             previous = plan[start_chunk - 1].end if start_chunk else 0
             for c in range(start_chunk, len(plan)):

@@ -287,6 +287,21 @@ def test_replay_is_an_exact_share_of_every_batch(corpora):
     assert not any(name == "other" for step in range(50) for name, _ in sampler.plan(step))  # weight 0
 
 
+def test_a_replay_budget_keeps_the_windows_inside_the_kept_tokens(corpora):
+    """method=replay method.memory_per_task=64: replayed windows come from the source's first 64 train tokens."""
+    sampler = MixtureSampler(
+        corpora, {"new": 1.0, "other": 1.0}, 16, 20, seed=1, replay={"upstream": 0.25}, replay_tokens={"upstream": 64}
+    )
+    starts = [start for step in range(50) for name, start in sampler.plan(step) if name == "upstream"]
+    assert len(starts) == 250 and max(starts) + 17 <= 64 and len(set(starts)) > 20
+    others = [start for step in range(50) for name, start in sampler.plan(step) if name == "new"]
+    assert max(others) > 64  # the new data is not budgeted
+    with pytest.raises(ConfigError, match="budget"):
+        MixtureSampler(
+            corpora, {"new": 1.0, "other": 1.0}, 16, 20, replay={"upstream": 0.25}, replay_tokens={"upstream": 10}
+        )
+
+
 def test_resume_at_step_n_reads_only_batch_n(corpora, tokenizer, tmp_path):
     weights, replay = {"new": 2.0, "other": 1.0}, {"upstream": 0.25}
     uninterrupted = MixtureSampler(corpora, weights, seq_len=16, batch_size=8, seed=7, replay=replay)

@@ -94,7 +94,7 @@ SMALL = {
     "l2": ["method=l2", "method.coef=1.0"],
     "ewc": ["method=ewc", "method.coef=1.0", "method.batches=2", "method.batch_size=8"],
     "mas": ["method=mas", "method.coef=1.0", "method.batches=2", "method.batch_size=8"],
-    "replay": ["method=replay", "method.share=0.25"],
+    "replay": ["method=replay", "method.share=0.25", "method.memory_per_task=32"],
     "agem": ["method=agem", "method.memory_per_task=64", "method.batch_size=16"],
     "packnet": ["method=packnet", "method.retrain_steps=5"],
 }

@@ -181,6 +181,24 @@ def test_replay_batches_hold_the_configured_share_of_earlier_tasks(offline_learn
     assert replay.replay(0) == {}
 
 
+def test_a_replay_budget_draws_earlier_tasks_rows_from_the_kept_ones_only(offline_learner):
+    learner = offline_learner(["learner.batch_size=64"])
+    replay = make_method({"name": "replay", "share": 0.5, "memory_per_task": 5})
+    learner.prepare_task(2, [2], replay.replay(2), replay.replay_memory())
+    memories = learner._replay_memories()
+    assert sorted(memories) == [0, 1] and all(len(rows) == 5 for rows in memories.values())
+    assert torch.equal(memories[0], learner._replay_memories()[0])  # a fixed draw: resume replays the same rows
+    generator = torch.Generator().manual_seed(0)
+    seen = {0: set(), 1: set(), 2: set()}
+    for _ in range(20):
+        obs, _, tasks = learner.data.batch(torch.tensor([2]), 64, generator, learner.replay_rows, memories)
+        for row, task in zip(obs.tolist(), tasks.tolist()):
+            seen[task].add(tuple(row))
+    for j in (0, 1):
+        assert seen[j] == {tuple(row) for row in learner.data.obs[memories[j]].tolist()}  # all 5, and only them
+    assert len(seen[2]) > 100  # the current task is not budgeted
+
+
 def test_packnet_freezes_earlier_tasks_and_gives_back_their_outputs(offline_learner, tmp_path):
     from retain.runner import Runner
 

@@ -570,8 +570,16 @@ class MixtureSampler:
         batch_size: int,
         seed: int = 0,
         replay: dict[str, float] | None = None,
+        replay_tokens: dict[str, int] | None = None,
     ):
         replay = dict(replay or {})
+        self.replay_tokens = {n: int(t) for n, t in (replay_tokens or {}).items()}
+        short = {n: t for n, t in self.replay_tokens.items() if t < seq_len + 1}
+        if short or set(self.replay_tokens) - set(replay):
+            raise ConfigError(
+                f"replay budgets {self.replay_tokens} must be for replayed sources and hold a window ({seq_len + 1} tokens)",
+                "raise method.memory_per_task",
+            )
         if set(weights) & set(replay) or set(weights) | set(replay) != set(sources):
             raise ConfigError(
                 f"mixture names do not match: sources {sorted(sources)}, weights {sorted(weights)}, replay {sorted(replay)}",
@@ -613,8 +621,11 @@ class MixtureSampler:
         picks = rng.choice(len(self._new), size=self.batch_size - len(names), p=self._probs)
         names += [self._new[i] for i in picks]
         names = [names[i] for i in rng.permutation(self.batch_size)]
-        highs = np.array([self.sources[n].num_tokens("train") - self.seq_len for n in names])
-        starts = rng.integers(0, highs)  # a window [start, start + seq_len + 1) ends inside the stream
+        # a window [start, start + seq_len + 1) inside the stream, or inside the kept first tokens of a budget
+        highs = np.array(
+            [min(self.sources[n].num_tokens("train"), self.replay_tokens.get(n, 1 << 62)) - self.seq_len for n in names]
+        )
+        starts = rng.integers(0, highs)
         return [(name, int(start)) for name, start in zip(names, starts)]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -639,6 +650,7 @@ class MixtureSampler:
             "batch_size": self.batch_size,
             "weights": self.weights,
             "replay": self.replay,
+            **({"replay_tokens": self.replay_tokens} if self.replay_tokens else {}),
             "train_tokens": {name: ds.num_tokens("train") for name, ds in self.sources.items()},
         }
 

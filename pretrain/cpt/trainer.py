@@ -296,6 +296,7 @@ class CptLearner:
         self.sampler: MixtureSampler | None = None
         self.stage, self.stage_step, self.offset = -1, 0, 0
         self.replayed: dict[int, float] = {}
+        self.replay_memory: int | None = None
         self.sched_pos = 0  # schedule position where the previous stage stopped (inherit.scheduler)
         self.fresh = False  # reset_model ran: the next stage inherits nothing
         self.hooks, self.bar = StepHooks(), None
@@ -317,10 +318,12 @@ class CptLearner:
         self.log, self.hooks, self.bar = log, hooks, progress
 
     def _mixture(
-        self, task: int, data_tasks: list[int], replayed: dict[int, float] | None = None
-    ) -> tuple[dict[str, float], dict[str, float]]:
+        self, task: int, data_tasks: list[int], replayed: dict[int, float] | None = None, memory: int | None = None
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, int]]:
         """The stage's mix and replay. Several data tasks (multitask) train on their mixes merged; a method's
-        replay of earlier stages adds each one's mix, at its share of every batch, to the stage's own replay."""
+        replay of earlier stages adds each one's mix, at its share of every batch, to the stage's own replay —
+        with a ``memory`` budget, from the first ``memory`` tokens of each earlier stage (split over its
+        sources by weight)."""
         stage = self.stages[task]
         mix: dict[str, float] = dict(stage.mix)
         if list(data_tasks) != [task]:
@@ -329,15 +332,18 @@ class CptLearner:
                 for name, weight in self.stages[k].mix.items():
                     mix[name] = mix.get(name, 0.0) + weight / sum(self.stages[k].mix.values())
         replay = {n: r for n, r in stage.replay.items() if n not in mix}
+        kept: dict[str, int] = {}
         for k, share in (replayed or {}).items():
             total = sum(self.stages[k].mix.values())
             for name, weight in self.stages[k].mix.items():
                 if name not in mix:  # a source this stage trains on anyway needs no replay
                     replay[name] = replay.get(name, 0.0) + share * weight / total
-        return mix, replay
+                    if memory is not None:
+                        kept[name] = kept.get(name, 0) + int(memory * weight / total)
+        return mix, replay, kept
 
-    def _sampler(self, task: int, data_tasks: list[int], seed: int, replayed=None) -> MixtureSampler:
-        mix, replay = self._mixture(task, data_tasks, replayed)
+    def _sampler(self, task: int, data_tasks: list[int], seed: int, replayed=None, memory=None) -> MixtureSampler:
+        mix, replay, kept = self._mixture(task, data_tasks, replayed, memory)
         return MixtureSampler(
             {n: self.sources[n] for n in [*mix, *replay]},
             mix,
@@ -345,9 +351,12 @@ class CptLearner:
             self.train.batch_size * self.train.grad_accum,  # one sampler batch per update, split into micro-batches
             seed=seed,
             replay=replay,
+            replay_tokens=kept,
         )
 
-    def prepare_task(self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None) -> bool:
+    def prepare_task(
+        self, task: int, data_tasks: list[int], replay: dict[int, float] | None = None, memory: int | None = None
+    ) -> bool:
         i, stage, parallel, model = task, self.stages[task], self.parallel, self.model
         inh = stage.inherit
         # Where inherited things come from: a named checkpoint, or the live objects of the previous stage.
@@ -381,7 +390,8 @@ class CptLearner:
             _take_moments(model, self.optimizer, src_opt, parallel, full=src_full)
         self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
         self.replayed = {int(k): float(v) for k, v in (replay or {}).items()}
-        self.sampler = self._sampler(i, data_tasks, data_seed, self.replayed)
+        self.replay_memory = memory
+        self.sampler = self._sampler(i, data_tasks, data_seed, self.replayed, memory)
         self.sampler.step = data_step
         self.stage, self.stage_step, self.data_tasks = i, 0, list(data_tasks)
         self.sched_pos, self.fresh = self.offset, False
@@ -504,6 +514,7 @@ class CptLearner:
             "sampler": self.sampler.state_dict(),
             "data_tasks": self.data_tasks,
             "replayed": {str(k): v for k, v in self.replayed.items()},
+            "replay_memory": self.replay_memory,
         }
         return LearnerState(self.parallel.model_state(self.model), state)
 
@@ -517,7 +528,8 @@ class CptLearner:
         self.optimizer = _optimizer(self.model, stage.lr, self.train)
         self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
         self.replayed = {int(k): v for k, v in s.get("replayed", {}).items()}
-        self.sampler = self._sampler(i, self.data_tasks, int(s["sampler"]["seed"]), self.replayed)
+        self.replay_memory = s.get("replay_memory")
+        self.sampler = self._sampler(i, self.data_tasks, int(s["sampler"]["seed"]), self.replayed, self.replay_memory)
         self.parallel.load_optimizer_state(self.model, self.optimizer, s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
         self.sampler.load_state_dict(s["sampler"])

@@ -53,6 +53,11 @@ class Method:
         learners draw those rows from the tasks' data; SB3 off-policy agents keep their transitions instead)."""
         return {}
 
+    def replay_memory(self) -> int | None:
+        """How much of each earlier task's data ``replay`` draws from: rows (offline) or tokens (CPT) kept per
+        task; None: all of it (perfect memory)."""
+        return None
+
     def before_task(self, run: Runner, task: int) -> bool:
         """Before ``task`` trains (not called again when a run resumes inside it). Return True when this
         replaced the learner's weights, so the runner measures where the task starts from again."""
