@@ -1,15 +1,18 @@
-"""SAC's objective on a given batch, for methods that need a loss beside SB3's own step (A-GEM's reference
-gradient on an episodic memory). It is the objective ``stable_baselines3.SAC.train`` minimizes — twin-Q critic
-loss against the target critics with the entropy bonus, and the actor loss against the critics' minimum — on
-the batch given instead of a fresh replay sample; SAC's training loop itself stays SB3's.
+"""SB3's objectives on a given batch, for methods that need a loss beside SB3's own step (A-GEM's reference
+gradient on an episodic memory). For SAC it is the objective ``stable_baselines3.SAC.train`` minimizes — twin-Q
+critic loss against the target critics with the entropy bonus, and the actor loss against the critics' minimum —
+on the batch given instead of a fresh replay sample; for PPO and A2C the policy-gradient objective on a stored
+rollout batch. SB3's training loops themselves stay SB3's.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from gymnasium import spaces
 from stable_baselines3 import SAC
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import ReplayBufferSamples, RolloutBufferSamples
 
 
 def sac_losses(model: SAC, batch: ReplayBufferSamples) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,3 +32,23 @@ def sac_losses(model: SAC, batch: ReplayBufferSamples) -> tuple[torch.Tensor, to
     q_pi = torch.cat(model.critic(batch.observations, actions_pi), dim=1).min(dim=1, keepdim=True).values
     actor_loss = (ent_coef * log_prob - q_pi).mean()
     return actor_loss, critic_loss
+
+
+def policy_gradient_loss(model: OnPolicyAlgorithm, batch: RolloutBufferSamples) -> torch.Tensor:
+    """PPO's and A2C's objective on a stored rollout batch, at the policy that collected it: −A·log π(a|s) with
+    the batch's advantages (normalized as PPO does), plus ``vf_coef``·(V(s) − R)² and the entropy bonus. It is
+    PPO's clipped surrogate's gradient where the ratio is 1; on a memory of an earlier task the ratio against
+    the collecting policy would be clipped away, so the unclipped form is the loss a memory can give."""
+    actions = batch.actions
+    if isinstance(model.action_space, spaces.Discrete):
+        actions = actions.long().flatten()
+    values, log_prob, entropy = model.policy.evaluate_actions(batch.observations, actions)
+    advantages = batch.advantages
+    if getattr(model, "normalize_advantage", False) and len(advantages) > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    entropy = -log_prob if entropy is None else entropy
+    return (
+        -(advantages * log_prob).mean()
+        + model.vf_coef * F.mse_loss(batch.returns, values.flatten())
+        - model.ent_coef * entropy.mean()
+    )

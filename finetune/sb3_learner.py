@@ -44,6 +44,13 @@ class Sb3LearnerConfig:
     """off-policy agents: empty the replay buffer when the task changes (Continual World's default)"""
 
 
+def _minibatches(model) -> int:
+    """Gradient steps per epoch of an on-policy ``train()`` (A2C: one)."""
+    size = model.rollout_buffer.buffer_size * model.rollout_buffer.n_envs
+    batch = getattr(model, "batch_size", None) or size
+    return -(-size // batch)
+
+
 def _optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
     """The algorithm's optimizers (SAC: actor, critic and entropy coefficient)."""
     return [
@@ -363,10 +370,13 @@ class Sb3Learner:
         return dist.mean.pow(2).sum(-1) + self.model.policy.log_std.pow(2).sum()
 
     def loss(self, batch) -> torch.Tensor:
-        """SAC's loss on a memory batch: the critics' while they step, the actor's while it does."""
-        self._need("a loss on a memory batch (A-GEM)", off_policy=True)
-        from agents.sb3_losses import sac_losses
+        """The agent's objective on a memory batch (A-GEM). SAC: the critics' loss while they step, the actor's
+        while it does; PPO/A2C: the policy-gradient objective on stored rollout rows (``policy_gradient_loss``)."""
+        self._need("a loss on a memory batch (A-GEM)")
+        from agents.sb3_losses import policy_gradient_loss, sac_losses
 
+        if not self._off_policy:
+            return policy_gradient_loss(self.model, batch)
         actor_loss, critic_loss = sac_losses(self.model, batch)
         stepping = self.stepping or set()
         if any(n.startswith("critic.") for n in stepping):
@@ -375,30 +385,47 @@ class Sb3Learner:
             return actor_loss
         return actor_loss + critic_loss
 
+    def _memory_fields(self) -> tuple[str, ...]:
+        if self._off_policy:
+            return ("observations", "actions", "next_observations", "dones", "rewards")
+        return ("observations", "actions", "old_values", "old_log_prob", "advantages", "returns")
+
     def memory(self, task: int, size: int) -> dict[str, torch.Tensor]:
-        self._need("an episodic memory (A-GEM)", off_policy=True)
-        if isinstance(self.model.replay_buffer.observations, dict):
+        """``size`` samples of the task's experience: its replay buffer (SAC), or its last rollout (PPO/A2C,
+        with the advantages and returns computed when it was collected; at most the rollout's size)."""
+        self._need("an episodic memory (A-GEM)")
+        buffer = self.model.replay_buffer if self._off_policy else self.model.rollout_buffer
+        if isinstance(buffer.observations, dict):
             raise ConfigError("A-GEM's memory takes array observations, not Dict", "use a task with Box observations")
         seed_everything(derive_seed(self.seed, "memory", task))
-        batch = self.model.replay_buffer.sample(size)
-        return {
-            k: getattr(batch, k).detach().cpu()
-            for k in ("observations", "actions", "next_observations", "dones", "rewards")
-        }
+        batch = (
+            buffer.sample(size)
+            if self._off_policy
+            else next(iter(buffer.get(min(size, buffer.buffer_size * buffer.n_envs))))
+        )
+        return {k: getattr(batch, k).detach().cpu() for k in self._memory_fields()}
 
     def memory_batch(self, memories: list[dict[str, torch.Tensor]], size: int, generator: torch.Generator):
-        from stable_baselines3.common.type_aliases import ReplayBufferSamples
+        from stable_baselines3.common.type_aliases import ReplayBufferSamples, RolloutBufferSamples
 
         fields = {k: torch.cat([m[k] for m in memories]) for k in memories[0]}
         pick = torch.randint(len(fields["actions"]), (size,), generator=generator)
-        device = self.model.device
-        return ReplayBufferSamples(**{k: v[pick].to(device) for k, v in fields.items()})
+        samples = ReplayBufferSamples if self._off_policy else RolloutBufferSamples
+        return samples(**{k: v[pick].to(self.model.device) for k, v in fields.items()})
 
     def retrain(self, task: int, units: int) -> None:
-        """``units`` more gradient steps on the task's replay buffer (PackNet), through SAC's own ``train``."""
-        self._need("retraining (PackNet)", off_policy=True)
+        """At least ``units`` more gradient steps on the task's own experience (PackNet), through SB3's own
+        ``train``: SAC samples its replay buffer; PPO/A2C pass over the task's last rollout again."""
+        self._need("retraining (PackNet)")
         seed_everything(derive_seed(self.seed, "retrain", task))
-        self.model.train(gradient_steps=units, batch_size=self.model.batch_size)
+        if self._off_policy:
+            self.model.train(gradient_steps=units, batch_size=self.model.batch_size)
+            return
+        done = 0
+        while done < units:  # one train() is n_epochs passes over the rollout in minibatches
+            before = self.model._n_updates
+            self.model.train()
+            done += max(self.model._n_updates - before, 1) * _minibatches(self.model)
 
     def describe(self) -> list[str]:
         """The report's lines on what trained."""

@@ -100,7 +100,7 @@ SMALL = {
 }
 COMBINATIONS = [(learner, [f"method={m}"]) for learner in LEARNERS for m in ("finetune", "reset", "multitask")]
 COMBINATIONS += [("offline", overrides) for overrides in SMALL.values()]
-COMBINATIONS += [("cpt", SMALL["ewc"])]
+COMBINATIONS += [("sb3", SMALL["agem"]), ("sb3", SMALL["packnet"]), ("cpt", SMALL["ewc"])]  # PPO: on its rollouts
 
 
 @pytest.mark.parametrize(("learner", "method"), COMBINATIONS, ids=lambda v: v if isinstance(v, str) else v[0])
