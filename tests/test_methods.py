@@ -287,3 +287,16 @@ def offline_learner(_pointmass, monkeypatch, tmp_path):
     yield make
     for learner in made:
         learner.close()
+
+
+def test_packnet_retrains_a_tenth_of_the_task_budget_by_default():
+    """Continual World retrains 100k steps after 1M; a shrunk budget (a smoke test) shrinks the retraining."""
+    learner, retrained = TinyLearner(), []
+    learner.budget = lambda task: 1230
+    learner.retrain = lambda task, units: retrained.append((task, units))
+    packnet = make_method({"name": "packnet"})
+    run = SimpleNamespace(learner=learner)
+    packnet.before_task(run, 0)
+    packnet.after_training(run, 0)  # task 0 of 2: pruned and retrained
+    packnet.after_training(run, 1)  # the last task: neither
+    assert retrained == [(0, 123)]

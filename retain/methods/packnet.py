@@ -6,7 +6,8 @@ task keeps all), the network retrains for ``retrain_steps`` on task i with only 
 frozen from then on. Weight matrices are shared this way; biases and norm parameters learn on the first task
 only, then stay frozen. Task j is evaluated with the weights of tasks ≤ j only (a mask). As Continual World
 runs it (continualworld/methods/packnet.py l.25–45, 73–88, 109–156): prune after every task but the last,
-100,000 retraining steps (examples/paper_cl_experiments.sh l.101–120), the actor only unless ``critic``.
+100,000 retraining steps after 1M (examples/paper_cl_experiments.sh l.101–120) — here a tenth of the task's
+budget unless ``retrain_steps`` says otherwise —, the actor only unless ``critic``.
 
 Frozen means bit-identical: gradients of weights the current phase may not train are zeroed before every
 optimizer step and their values put back after it (Adam's moments and weight decay would move them otherwise).
@@ -31,8 +32,9 @@ FREE = -1
 @dataclass
 class PackNetConfig(MethodConfig):
     name: str = "packnet"
-    retrain_steps: int = 100_000
-    """gradient steps of retraining after each task's pruning (the learner's update unit)"""
+    retrain_steps: int | None = None
+    """updates of retraining after each task's pruning (SB3: gradient steps); None: a tenth of the task's
+    budget, as Continual World retrains 100k steps after 1M (so a shrunk budget shrinks the retraining too)"""
     critic: bool = False
     """prune and freeze the critic too (SB3 actor-critic agents)"""
 
@@ -103,9 +105,12 @@ class PackNet(Method):
                     p.mul_(~(free & ~keep))  # pruned weights: zero, and free for later tasks
                 owner[keep] = task
             self.values = {n: p.detach().clone() for n, p in params.items()}
-        if left > 0 and self.cfg.retrain_steps > 0:
+        steps = self.cfg.retrain_steps
+        if steps is None:
+            steps = max(1, round(0.1 * learner.budget(task)))
+        if left > 0 and steps > 0:
             self.phase = (task, "retrain")
-            learner.retrain(task, self.cfg.retrain_steps)
+            learner.retrain(task, steps)
         self.phase = (task, "frozen")
         self.values = {n: p.detach().clone() for n, p in params.items()}
 
