@@ -29,7 +29,7 @@ demo: $(STAMP)
 # the suite CI runs (~12 min on 2 cores); tests marked slow (CW20 smoke, every mt40 task built, the
 # compiled-training and preset-sweep checks: ~6 min more) run with `make test-all`
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow" --durations=15 $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(ARGS)
