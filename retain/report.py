@@ -42,6 +42,7 @@ from retain.tracking import read_metrics  # noqa: E402
 
 HEATMAP = "results_heatmap.png"
 CURVES = "curves.png"
+MIN_CURVE = 3  # evaluations within a task below which its curve has no area worth the name (AUC transfer)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -331,8 +332,8 @@ def _auc_transfer(run: dict, reference: dict) -> float | None:
 
     curves = [window(run, bounds, j) for j in range(len(res["tasks"]))]
     refs = [window(reference, ref_bounds, j) for j in range(len(res["tasks"]))]
-    if any(not c for c in curves + refs):
-        return None
+    if any(len(c) < MIN_CURVE for c in curves + refs):
+        return None  # a task evaluated only at its end has no training curve to take the area of
     return auc_forward_transfer(curves, refs)
 
 
@@ -529,8 +530,9 @@ def _methods_table(aggregates: dict, groups: dict[str, list[dict]]) -> list[str]
         "Average: every task's final score; forgetting: every earlier task's drop from right after its training to "
         "the end (positive = forgot); forward transfer: Continual World's, the area under each task's training "
         "curve against the `reset` run of the same seed (0: no better than a fresh network), or, marked (R), from "
-        "the results matrix when no `reset` run is in the comparison; plasticity: each task's score right after "
-        "its own training.",
+        "the results matrix when no `reset` run is in the comparison or tasks were evaluated fewer than "
+        f"{MIN_CURVE} times while they trained (eval.during=none); plasticity: each task's score right after its "
+        "own training.",
     ]
     if shown_published:
         lines += ["", f"Published: {SOURCE}."]
@@ -665,13 +667,29 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         ]
     write_text_atomic(out / "report.md", "\n".join(lines))
     comparison = {
-        "runs": [str(r["dir"]) for r in runs],
+        "runs": [_run_path(r["dir"], out) for r in runs],
         "aggregation": {"method": METHOD, "confidence": CONFIDENCE, "reps": REPS, "seed": SEED},
         "groups": aggregates,
         "probability_of_improvement": improvements,
     }
     (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
     return out / "report.md"
+
+
+def _run_path(run_dir: str | Path, out: Path) -> str:
+    """How comparison.json names a run: relative to the comparison when inside it (a sweep's jobs), so the sweep
+    folder can be moved or reported from anywhere; absolute otherwise."""
+    run_dir, out = Path(run_dir).resolve(), out.resolve()
+    return str(run_dir.relative_to(out)) if run_dir.is_relative_to(out) else str(run_dir)
+
+
+def _stored_run(comparison_dir: Path, stored: str) -> Path:
+    """A run named in comparison.json: relative to the comparison, or as written (older files: relative to the
+    directory the sweep ran in, so its last part is tried inside the comparison too)."""
+    for candidate in (comparison_dir / stored, comparison_dir / Path(stored).name):
+        if candidate.is_dir():
+            return candidate
+    return Path(stored)
 
 
 def main(args: list[str]) -> int:
@@ -697,7 +715,7 @@ def main(args: list[str]) -> int:
             run_dir = Path(opts.run_dirs[0])
             comparison = run_dir / "comparison.json"
             if comparison.exists():
-                runs = json.loads(comparison.read_text())["runs"]
+                runs = [_stored_run(run_dir, r) for r in json.loads(comparison.read_text())["runs"]]
                 path = compare_runs(runs, run_dir)
             else:
                 path = write_report(run_dir)

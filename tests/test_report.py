@@ -224,3 +224,16 @@ def test_methods_table_puts_continual_worlds_published_numbers_beside_each_metho
     mine = next(line for line in table.splitlines() if line.startswith("| mine |"))
     assert mine.rstrip(" |").endswith("– | – | –")  # a method Continual World did not run
     assert all((tmp_path / "cmp" / f"heatmap_{k}.png").stat().st_size > 1000 for k in range(3))  # one per method
+
+
+def test_a_sweep_report_rebuilds_after_the_sweep_folder_moves(tmp_path, cli):
+    sweep = tmp_path / "sweep"
+    runs = [fake_run(sweep, f"{k}_ft", success_matrix((0.1 * k, 0.5, 0.9)), "finetune", k) for k in range(2)]
+    compare_runs(runs, sweep)
+    assert json.loads((sweep / "comparison.json").read_text())["runs"] == ["0_ft", "1_ft"]
+    moved = tmp_path / "elsewhere" / "sweep"
+    moved.parent.mkdir()
+    sweep.rename(moved)
+    proc = cli("report", str(moved))
+    assert proc.returncode == 0, proc.stderr
+    assert "| finetune · seq | 2 |" in (moved / "report.md").read_text()
