@@ -655,7 +655,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         mean = _mean_run(members)
         if mean is not None:
             name = f"heatmap_{k}.png"
-            plot_heatmap(mean, out / name, f"R, mean of {len(members)} seed(s) — {label}")
+            plot_heatmap(mean, out / name, f"R, mean of {len(members)} seed(s)\n{label}")
             lines += [f"![{label}]({name})", ""]
     lines += ["## Runs", ""]
     for run in runs:
