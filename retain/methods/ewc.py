@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from retain.errors import ConfigError
-from retain.methods.regularization import Regularization, RegularizationConfig, per_sample_importance
+from retain.methods.regularization import Regularization, RegularizationConfig, sample_average, score_importance
 
 if TYPE_CHECKING:
     from retain.learner import Learner
@@ -55,7 +55,7 @@ class EWC(Regularization):
                 "method.fisher=gaussian needs a Gaussian policy, and this learner's model is not one",
                 "use method.fisher=auto or empirical",
             )
-        return per_sample_importance(
+        return score_importance(
             learner,
             task,
             names,
@@ -74,37 +74,21 @@ def _is_gaussian(learner: Learner) -> bool:
 def gaussian_fisher(
     learner: Learner, task: int, names: list[str], floor: float, batches: int, batch_size: int
 ) -> dict[str, torch.Tensor]:
-    """Continual World's Fisher of a Gaussian policy on ``batches`` of the task's data (see the module doc).
+    """Continual World's Fisher of a Gaussian policy, averaged over samples of the task's data (see the module
+    doc); a sample's 2·A output gradients (μ_k and σ_k) come from one vectorized backward pass."""
 
-    Samples are drawn one at a time (batches of one row), so each sample's backward pass runs through its own
-    small graph rather than its whole batch's; its 2·A output gradients (μ_k and σ_k) come from one vectorized
-    backward pass (``is_grads_batched``)."""
-    params = dict(learner.named_parameters())
-    wanted = [(n, params[n]) for n in names if params[n].requires_grad]
-    total = {n: torch.zeros_like(p) for n, p in wanted}
-    count = 0
-    for batch in learner.method_batches(task, batches * batch_size, 1):
-        with torch.enable_grad():
-            mean, std = learner.gaussian(batch)
-            outputs = torch.cat([mean, std], dim=-1)  # rows × 2A
-            A = mean.shape[-1]
-            scale = 1.0 / (std.detach() ** 2 + 1e-6)
-            basis = torch.eye(2 * A, dtype=outputs.dtype, device=outputs.device)
-            for s in range(len(outputs)):
-                grads = torch.autograd.grad(
-                    outputs[s],
-                    [p for _, p in wanted],
-                    grad_outputs=basis,
-                    retain_graph=True,
-                    is_grads_batched=True,
-                    allow_unused=True,
-                )
-                weight = torch.cat([scale[s], 2.0 * scale[s]])  # (∂μ)²/σ² + 2 (∂σ)²/σ²
-                for (n, _), g in zip(wanted, grads):
-                    if g is None:  # the sample's outputs do not depend on it: the floor, as after clipping
-                        total[n] += floor
-                    else:
-                        total[n] += (g.pow(2) * weight.view(-1, *[1] * (g.dim() - 1))).sum(0).clamp_min(floor)
-        count += len(outputs)
-    out = {n: t / max(count, 1) for n, t in total.items()}
-    return {n: out.get(n, torch.full_like(params[n], floor)) for n in names}
+    def per_sample(batch, params):
+        mean, std = learner.gaussian(batch)  # one row: 1 × A each
+        outputs = torch.cat([mean, std], dim=-1)[0]
+        basis = torch.eye(len(outputs), dtype=outputs.dtype, device=outputs.device)
+        grads = torch.autograd.grad(outputs, params, grad_outputs=basis, is_grads_batched=True, allow_unused=True)
+        scale = 1.0 / (std[0].detach() ** 2 + 1e-6)
+        weight = torch.cat([scale, 2.0 * scale])  # (∂μ)²/σ² + 2 (∂σ)²/σ², summed over the output dims
+        return [
+            torch.full_like(p, floor)  # the sample's outputs do not depend on it: the floor, as after clipping
+            if g is None
+            else (g.pow(2) * weight.view(-1, *[1] * (g.dim() - 1))).sum(0).clamp_min(floor)
+            for p, g in zip(params, grads)
+        ]
+
+    return sample_average(learner, task, names, per_sample, batches, batch_size)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from retain.methods.regularization import Regularization, RegularizationConfig, per_sample_importance
+from retain.methods.regularization import Regularization, RegularizationConfig, score_importance
 
 if TYPE_CHECKING:
     from retain.runner import Runner
@@ -30,7 +30,7 @@ class MAS(Regularization):
     Config = MASConfig
 
     def importance(self, run: Runner, task: int, names: list[str]) -> dict[str, torch.Tensor]:
-        return per_sample_importance(
+        return score_importance(
             run.learner,
             task,
             names,

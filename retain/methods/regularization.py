@@ -75,21 +75,17 @@ class Regularization(Method):
         self.anchor, self.omega = dict(state.get("anchor", {})), dict(state.get("omega", {}))
 
 
-def per_sample_importance(
-    learner: Learner,
-    task: int,
-    names: list[str],
-    per_sample: Callable[[object], torch.Tensor],
-    reduce: Callable[[torch.Tensor], torch.Tensor],
-    batches: int,
-    batch_size: int,
-) -> dict[str, torch.Tensor]:
-    """mean over samples s of ``reduce(∂ per_sample(batch)[s] / ∂θ)`` for every parameter named in ``names``.
+PerSample = Callable[[object, list[torch.nn.Parameter]], list[torch.Tensor | None]]
 
-    ``per_sample(batch)`` returns one scalar per sample (a log-likelihood, an output norm); each sample's
-    gradient is taken on its own, as EWC's Fisher and MAS's importance are averages of per-sample quantities,
-    not of the batch gradient. ``batches`` × ``batch_size`` samples are drawn one at a time (batches of one
-    row), so each backward pass runs through one sample's graph, not its whole batch's.
+
+def sample_average(
+    learner: Learner, task: int, names: list[str], per_sample: PerSample, batches: int, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """The mean over ``batches`` × ``batch_size`` samples of the task's data of ``per_sample(batch, params)``,
+    one tensor per parameter (None: zero), for every parameter named in ``names``.
+
+    EWC's Fisher and MAS's importance are averages of per-sample quantities, not of a batch gradient, so the
+    samples are drawn one row at a time: each backward pass then runs through one sample's small graph.
     """
     params = dict(learner.named_parameters())
     wanted = [(n, params[n]) for n in names if params[n].requires_grad]
@@ -97,14 +93,28 @@ def per_sample_importance(
     count = 0
     for batch in learner.method_batches(task, batches * batch_size, 1):
         with torch.enable_grad():
-            values = per_sample(batch)
-            for s in range(len(values)):
-                grads = torch.autograd.grad(
-                    values[s], [p for _, p in wanted], retain_graph=s < len(values) - 1, allow_unused=True
-                )
-                for (n, _), g in zip(wanted, grads):
-                    if g is not None:
-                        total[n] += reduce(g.detach())
-        count += len(values)
-    out = {n: t / max(count, 1) for n, t in total.items()}
-    return {n: out.get(n, torch.zeros_like(params[n])) for n in names}
+            values = per_sample(batch, [p for _, p in wanted])
+        for (n, _), value in zip(wanted, values):
+            if value is not None:
+                total[n] += value.detach()
+        count += 1
+    return {n: total[n] / max(count, 1) if n in total else torch.zeros_like(params[n]) for n in names}
+
+
+def score_importance(
+    learner: Learner,
+    task: int,
+    names: list[str],
+    score: Callable[[object], torch.Tensor],
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    batches: int,
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
+    """The mean over samples of ``reduce(∂ score(sample) / ∂θ)``: ``score`` is a log-likelihood (EWC's
+    empirical Fisher, with ``reduce`` = square) or an output norm (MAS, with ``reduce`` = abs)."""
+
+    def per_sample(batch, params):
+        grads = torch.autograd.grad(score(batch).sum(), params, allow_unused=True)
+        return [None if g is None else reduce(g) for g in grads]
+
+    return sample_average(learner, task, names, per_sample, batches, batch_size)
