@@ -102,8 +102,8 @@ def test_logger_options_open_trackers(option, tmp_path):
     assert isinstance(OmegaConf.to_object(cfg.logger), LoggerConfig)
 
 
-@pytest.mark.parametrize("option", [o for o in options("experiment") if not o.startswith("cpt_")])
-def test_experiment_presets_compose_and_build(option):  # cpt_* presets: tests/test_cpt_presets.py
+@pytest.mark.parametrize("option", [o for o in options("experiment") if not o.startswith(("cpt_", "cw_"))])
+def test_experiment_presets_compose_and_build(option):  # cpt_*: tests/test_cpt_presets.py; cw_*: test_cw_presets.py
     cfg = load_config("sequence", [f"experiment={option}"])
     assert build_tasks(cfg)
 
