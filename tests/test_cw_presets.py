@@ -4,6 +4,7 @@ cw_offline_small runs every method on four CW10 tasks at sizes made for the offl
 import pytest
 import yaml
 
+from finetune.sequence import build_tasks
 from retain.config import load_config
 from retain.methods import make_method
 from tests.conftest import ROOT
@@ -40,6 +41,7 @@ def test_cw_offline_small_runs_every_method_on_four_cw10_tasks():
     names = [t.name for t in cfg.sequence.tasks]
     assert len(names) == 4 and set(names) <= set(cw10) and names == sorted(names, key=cw10.index)
     assert cfg.learner.name == "offline" and cfg.eval.end_at_success and cfg.method.coef == 100.0
+    assert [t.name for t in build_tasks(cfg)] == names  # the four Meta-World envs build
     assert load_config("sequence", ["experiment=cw_offline_small", "method=packnet"]).method.retrain_steps == 500
 
 
