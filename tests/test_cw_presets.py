@@ -49,10 +49,11 @@ def test_cw_offline_small_runs_every_method_on_four_cw10_tasks():
 def test_cw_table_sweep_runs_on_tiny_budgets_and_reports_continual_worlds_numbers(cli, tmp_path):
     proc = cli(
         "sequence",
+        "-m",
         "experiment=cw_table",
-        "hydra.sweeper.params.sequence=cw10",
-        "hydra.sweeper.params.method=ewc,packnet",
-        "hydra.sweeper.params.seed=0",
+        "sequence=cw10",  # command-line values replace the preset's sweep of the same key
+        "method=ewc,packnet",
+        "seed=0",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "sequence.steps_per_task=100",
         "sequence.eval_episodes=1",
