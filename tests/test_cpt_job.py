@@ -110,7 +110,6 @@ def test_sigkill_then_resume_gives_the_same_final_weights(tmp_path):
     )
 
 
-@pytest.mark.slow  # ~50 s; `make test` runs CPT x EWC at a tiny size in tests/test_learners.py
 def test_cpt_with_ewc_pulls_the_second_stage_to_the_first(cli, tmp_path):
     """`retain cpt method=ewc debug=fast`: the Fisher of the upstream stage weights a penalty in the downstream one."""
     proc = cli("cpt", "method=ewc", "debug=fast", f"run_dir={tmp_path / 'run'}", "progress=false")
