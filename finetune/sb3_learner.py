@@ -360,6 +360,17 @@ class Sb3Learner:
         dist = self.model.policy.get_distribution(batch.observations).distribution
         return dist.mean, dist.stddev
 
+    def critic_parameters(self) -> list[str]:
+        """SAC's critics (what EWC's critic Fisher covers with ``method.critic=true``); none for PPO/A2C."""
+        return (
+            [n for n, _ in self.model.policy.named_parameters() if n.startswith("critic.")] if self._off_policy else []
+        )
+
+    def critic_values(self, batch) -> torch.Tensor:
+        """Per sample, the sum of SAC's Q-values of the batch's actions (each critic's parameters reach only its
+        own Q, so the squared gradient of the sum is each critic's own)."""
+        return torch.cat(self.model.critic(batch.observations, batch.actions), dim=1).sum(-1)
+
     def output_norm(self, batch) -> torch.Tensor:
         if self._off_policy:
             mean, log_std, _ = self.model.actor.get_action_dist_params(batch.observations)

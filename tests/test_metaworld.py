@@ -63,7 +63,7 @@ def _two_task_cw_run(run_dir, method: list[str]) -> dict:
 @pytest.mark.parametrize(
     "method",
     [
-        ["method=ewc", "method.batches=2", "method.batch_size=16"],
+        ["method=ewc", "method.batches=2", "method.batch_size=16", "method.critic=true"],
         ["method=packnet", "method.retrain_steps=4"],
         ["method=agem", "method.memory_per_task=64", "method.batch_size=16"],
     ],
@@ -75,10 +75,14 @@ def test_sac_learns_two_meta_world_tasks_with_a_continual_method(method, tmp_pat
     (first, _, _, _), (last, state, _, _) = checkpoints[100], checkpoints[200]
     assert json.loads((tmp_path / "summary.json").read_text())["method"] == method[0].split("=")[1]
     kept = state["method"]
-    if "ewc" in method[0]:  # the actor's importance after task 0 (the critic is not regularized by default)
+    if "ewc" in method[0]:  # the actor's Gaussian Fisher (floored) and, with critic=true, the critics' (∂Q)²
         importance = kept["omega"]
-        assert importance and all(n.startswith("actor.") for n in importance)
-        assert all((v >= 0.999e-5).all() for v in importance.values())  # the Fisher floor
+        actor = {n: v for n, v in importance.items() if n.startswith("actor.")}
+        critic = {n: v for n, v in importance.items() if n.startswith("critic.")}
+        assert actor and critic and set(actor) | set(critic) == set(importance)
+        assert all((v >= 0.999e-5).all() for v in actor.values())  # the Fisher floor
+        assert all(v.max() > 1e-5 for v in critic.values() if v.dim() >= 2)  # Q's own gradients, not the floor
+        assert not any(n.startswith("critic_target.") for n in importance)
     elif "packnet" in method[0]:  # task 0's actor weights are bit-identical after task 1 trained
         for name, owner in kept["owner"].items():
             assert name.startswith("actor.")

@@ -2,7 +2,7 @@
 
 For a Gaussian policy N(μ(x), σ(x)) (SAC, PPO on Box actions, offline BC), Continual World's closed form
 (continualworld/methods/ewc.py l.26–69): per sample, Σ_k ((∂μ_k/∂θ)² + 2 (∂σ_k/∂θ)²) / (σ_k² + 1e-6), with
-μ before squashing, clipped from below at 1e-5, averaged over 10 batches of 256 of the finished task's data
+μ before squashing, clipped from below at 1e-5 — and, with ``critic=true``, (∂Q/∂θ)² for SAC's critics (l.71–79), averaged over 10 batches of 256 of the finished task's data
 (regularization.py l.60–74) and added up over tasks. Where the model is not Gaussian (discrete actions,
 language models) — or with ``fisher=empirical`` — the empirical Fisher: per sample, (∂ log p(y|x) / ∂θ)² of the
 data's own targets, clipped and averaged the same way. Coefficient 1e4 (examples/paper_cl_experiments.sh
@@ -49,7 +49,16 @@ class EWC(Regularization):
     def importance(self, run: Runner, task: int, names: list[str]) -> dict[str, torch.Tensor]:
         learner, floor = run.learner, self.cfg.fisher_floor
         if self.cfg.fisher != "empirical" and _is_gaussian(learner):
-            return gaussian_fisher(learner, task, names, floor, self.cfg.batches, self.cfg.batch_size)
+            critics = set(getattr(learner, "critic_parameters", list)()) & set(names)
+            actor = [n for n in names if n not in critics]
+            omega = gaussian_fisher(learner, task, actor, floor, self.cfg.batches, self.cfg.batch_size)
+            if critics:  # Continual World's critic Fisher: (∂Q/∂θ)² of the data's actions, not clipped
+                square = lambda g: g.pow(2)  # noqa: E731
+                q = learner.critic_values
+                omega |= score_importance(
+                    learner, task, sorted(critics), q, square, self.cfg.batches, self.cfg.batch_size
+                )
+            return {n: omega[n] for n in names}
         if self.cfg.fisher == "gaussian":
             raise ConfigError(
                 "method.fisher=gaussian needs a Gaussian policy, and this learner's model is not one",
