@@ -65,3 +65,22 @@ def sigkill_after_checkpoint(args: list[str], run_dir: Path, min_step: int, time
             break
         time.sleep(0.01)
     return proc.wait()
+
+
+def collect_pointmass(root: Path, episodes: int, ref_episodes: int) -> Path:
+    """``root`` as RETAIN_DATA holding the point mass datasets `retain collect sequence=pointmass4` writes."""
+    from envs.collect import run_collect
+    from retain.config import load_config
+
+    overrides = [
+        "sequence=pointmass4",
+        f"episodes={episodes}",
+        f"dataset.ref_episodes={ref_episodes}",
+        "workers=1",
+        "progress=false",
+        f"run_dir={root / 'collect'}",
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETAIN_DATA", str(root))
+        run_collect(load_config("collect", overrides))
+    return root

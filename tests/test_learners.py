@@ -19,7 +19,7 @@ from retain.config import load_config
 from retain.methods import METHODS
 from retain.methods.base import Method, MethodConfig
 from retain.runner import Runner
-from tests.conftest import TINY, error_lines, run_cli, sigkill_after_checkpoint
+from tests.conftest import TINY, collect_pointmass, error_lines, run_cli, sigkill_after_checkpoint
 from tests.test_cpt_job import TINY as CPT_TINY
 
 OFFLINE = [
@@ -50,25 +50,7 @@ LEARNERS = {
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     """RETAIN_DATA with the point mass datasets `retain collect sequence=pointmass4` writes (8 episodes each)."""
-    from envs.collect import run_collect
-
-    root = tmp_path_factory.mktemp("data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RETAIN_DATA", str(root))
-        run_collect(
-            load_config(
-                "collect",
-                [
-                    "sequence=pointmass4",
-                    "episodes=8",
-                    "dataset.ref_episodes=2",
-                    "workers=1",
-                    "progress=false",
-                    f"run_dir={root / 'collect'}",
-                ],
-            )
-        )
-    return root
+    return collect_pointmass(tmp_path_factory.mktemp("data"), episodes=8, ref_episodes=2)
 
 
 @pytest.fixture(autouse=True)

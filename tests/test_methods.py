@@ -15,6 +15,7 @@ import torch
 from retain.config import load_config
 from retain.methods import make_method
 from retain.methods.agem import project
+from tests.conftest import collect_pointmass
 
 
 class TinyLearner:
@@ -240,25 +241,7 @@ def test_packnet_freezes_earlier_tasks_and_gives_back_their_outputs(offline_lear
 
 @pytest.fixture(scope="module")
 def _pointmass(tmp_path_factory):
-    from envs.collect import run_collect
-
-    root = tmp_path_factory.mktemp("methods_data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RETAIN_DATA", str(root))
-        run_collect(
-            load_config(
-                "collect",
-                [
-                    "sequence=pointmass4",
-                    "episodes=4",
-                    "dataset.ref_episodes=1",
-                    "workers=1",
-                    "progress=false",
-                    f"run_dir={root / 'collect'}",
-                ],
-            )
-        )
-    return root
+    return collect_pointmass(tmp_path_factory.mktemp("methods_data"), episodes=4, ref_episodes=1)
 
 
 @pytest.fixture
