@@ -63,8 +63,17 @@ def eval_vec_env(spec: EnvSpec, episodes: int, n_envs: int = 16, kind: str = "du
     return make_vec_env(spec, max(1, min(episodes, n_envs)), kind, monitor=False)
 
 
+Observe = Callable[[np.ndarray, np.ndarray], None]
+"""``observe(rewards, dones)`` after every step: what a policy with memory (a Decision Transformer's context
+window, its return-to-go) needs besides the observations; envs with ``dones`` have already been reset."""
+
+
 def _run_episodes(
-    venv: VecEnv, act: Callable[[np.ndarray], np.ndarray], targets: np.ndarray, thresholds: list[float | None]
+    venv: VecEnv,
+    act: Callable[[np.ndarray], np.ndarray],
+    targets: np.ndarray,
+    thresholds: list[float | None],
+    observe: Observe | None = None,
 ) -> list[list[tuple]]:
     """Step ``venv`` until env i has finished ``targets[i]`` episodes; returns (return, success, length) per env."""
     n = venv.num_envs
@@ -74,6 +83,8 @@ def _run_episodes(
     ep_return, ep_length, ep_success = np.zeros(n), np.zeros(n, dtype=int), np.zeros(n, dtype=bool)
     while (done_counts < targets).any():
         obs, rewards, dones, infos = venv.step(act(obs))
+        if observe is not None:
+            observe(rewards, dones)
         ep_return += rewards
         ep_length += 1
         for i, info in enumerate(infos):
@@ -105,6 +116,7 @@ def evaluate(
     n_envs: int = 16,
     kind: str = "dummy",
     venv: VecEnv | None = None,
+    observe: Observe | None = None,
 ) -> EvalResult:
     """Run exactly ``episodes`` episodes of ``spec`` with ``predict`` (batched obs → batched actions).
 
@@ -112,14 +124,14 @@ def evaluate(
     result depends only on the policy and the seed. An episode succeeds when any step reports
     ``info['success']``/``info['is_success']``, or when its return reaches ``spec.success_threshold``.
     A ``venv`` from ``eval_vec_env`` can be passed to reuse envs that are slow to build (Meta-World);
-    it is reseeded here and left open.
+    it is reseeded here and left open. ``observe`` sees every step's rewards and dones (policies with memory).
     """
     owned = venv is None
     venv = venv or eval_vec_env(spec, episodes, n_envs, kind)
     venv.seed(seed)
     try:
         records = _run_episodes(
-            venv, predict, _split(episodes, venv.num_envs), [spec.success_threshold] * venv.num_envs
+            venv, predict, _split(episodes, venv.num_envs), [spec.success_threshold] * venv.num_envs, observe
         )
     finally:
         if owned:
@@ -145,10 +157,17 @@ class TaskEvaluator:
         self.venv = ShardedVecEnv(thunks, workers) if workers > 1 else DummyVecEnv(thunks)
 
     def __call__(
-        self, predict: Callable[[int, np.ndarray], np.ndarray], seeds: list[int], same_policy: bool = False
+        self,
+        predict: Callable[[int, np.ndarray], np.ndarray],
+        seeds: list[int],
+        same_policy: bool = False,
+        observe: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        batched: bool = False,
     ) -> list[EvalResult]:
         """``predict(j, obs)`` acts for the envs of task j; with ``same_policy`` it is called once per
-        step for all envs (``j = -1``)."""
+        step for all envs (``j = -1``); with ``batched`` once for all envs with ``j`` the array of each env's
+        task (a task-conditioned policy acting for every task in one batch). ``observe(j, rewards, dones)``
+        likewise sees each step's outcome."""
         env_seeds = [seeds[j] + i for j in range(len(self.specs)) for i in range(self.per_task)]
         if isinstance(self.venv, DummyVecEnv):
             self.venv._seeds = env_seeds  # SB3 has no public per-env seeds; seed() only gives seed + i
@@ -156,6 +175,8 @@ class TaskEvaluator:
             self.venv.set_seeds(env_seeds)
 
         def act(obs: np.ndarray) -> np.ndarray:
+            if batched:
+                return np.asarray(predict(self.owner, obs))
             if same_policy:
                 return np.asarray(predict(-1, obs))
             actions = None
@@ -167,8 +188,20 @@ class TaskEvaluator:
                 actions[mask] = a
             return actions
 
+        def seen(rewards: np.ndarray, dones: np.ndarray) -> None:
+            if batched:
+                observe(self.owner, rewards, dones)
+                return
+            if same_policy:
+                observe(-1, rewards, dones)
+                return
+            for j in range(len(self.specs)):
+                mask = self.owner == j
+                observe(j, rewards[mask], dones[mask])
+
         targets = np.tile(_split(self.episodes, self.per_task), len(self.specs))
-        records = _run_episodes(self.venv, act, targets, [self.specs[j].success_threshold for j in self.owner])
+        thresholds = [self.specs[j].success_threshold for j in self.owner]
+        records = _run_episodes(self.venv, act, targets, thresholds, seen if observe else None)
         n = self.per_task
         return [_result(records[j * n : (j + 1) * n]) for j in range(len(self.specs))]
 
@@ -193,20 +226,37 @@ class TaskSetEvaluator:
         self._all: TaskEvaluator | None = None
 
     def __call__(
-        self, indices: list[int], predict: Callable[[int, np.ndarray], np.ndarray], same_policy: bool = False
+        self,
+        indices: list[int],
+        predict: Callable[[int, np.ndarray], np.ndarray],
+        same_policy: bool = False,
+        observe: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        batched: bool = False,
     ) -> dict[int, EvalResult]:
         """``predict(j, obs)`` acts for task j's envs (batched observations → batched actions); with
-        ``same_policy`` one call acts for the envs of every task (``j = -1``)."""
-        if self.workers > 1 and len(indices) == len(self.specs):
+        ``same_policy`` one call acts for the envs of every task (``j = -1``). ``observe(j, rewards, dones)``
+        sees every step's outcome (policies with memory). ``batched``: when every task is evaluated, step all
+        their envs together and call ``predict(tasks, obs)`` once per step, ``tasks`` each env's task index
+        (otherwise tasks go one after another, as without it)."""
+        every = sorted(indices) == list(range(len(self.specs)))
+        if (self.workers > 1 or batched) and every:
             if self._all is None:
                 self._all = TaskEvaluator(self.specs, self.episodes, self.n_envs, self.workers)
-            return dict(zip(indices, self._all(predict, [self.seeds[j] for j in indices], same_policy)))
+            seeds = [self.seeds[j] for j in range(len(self.specs))]
+            results = self._all(predict, seeds, same_policy, observe, batched)
+            return {j: results[j] for j in indices}
         out = {}
         for j in indices:
             if j not in self._venvs:
                 self._venvs[j] = eval_vec_env(self.specs[j], self.episodes, self.n_envs)
+            seen = (lambda rewards, dones, j=j: observe(j, rewards, dones)) if observe else None
             out[j] = evaluate(
-                lambda obs, j=j: predict(j, obs), self.specs[j], self.episodes, self.seeds[j], venv=self._venvs[j]
+                lambda obs, j=j: predict(j, obs),
+                self.specs[j],
+                self.episodes,
+                self.seeds[j],
+                venv=self._venvs[j],
+                observe=seen,
             )
         return out
 

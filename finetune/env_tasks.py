@@ -19,6 +19,9 @@ from retain.errors import ConfigError
 from retain.learner import TaskScore
 from retain.seeding import derive_seed
 
+Observe = Callable[[int, np.ndarray, np.ndarray], None]
+"""``observe(j, rewards, dones)``: task j's envs' outcome of a step (``envs.evaluation.Observe`` per task)"""
+
 
 @dataclass
 class Task:
@@ -128,14 +131,29 @@ class EnvScorer:
         return TaskScore(result.score(self.metric, spec), result.metrics(spec))
 
     def score(
-        self, indices: list[int], predict: Callable[[int, np.ndarray], np.ndarray], same_policy: bool
+        self,
+        indices: list[int],
+        predict: Callable[[int, np.ndarray], np.ndarray],
+        same_policy: bool,
+        observe: Observe | None = None,
+        batched: bool = False,
     ) -> dict[int, TaskScore]:
-        results = self.main(indices, predict, same_policy)
+        results = self.main(indices, predict, same_policy, observe, batched)
         return {j: self._score(r, self.tasks[j].env) for j, r in results.items()}
 
-    def score_extra(self, name: str, act: Callable[[np.ndarray], np.ndarray]) -> list[TaskScore]:
+    def score_extra(
+        self,
+        name: str,
+        act: Callable[[np.ndarray], np.ndarray] | None,
+        per_task=None,
+        observe: Observe | None = None,
+        batched: bool = False,
+    ) -> list[TaskScore]:
+        """Score set ``name`` with ``act(obs)`` for all its envs at once, or ``per_task(k, obs)`` (and
+        ``observe(k, rewards, dones)``) for the envs of its task k (``k`` each env's task with ``batched``)."""
         tasks = self.extra[name]
-        results = self.sets[name](list(range(len(tasks))), lambda j, obs: act(obs), same_policy=True)
+        predict = per_task or (lambda j, obs: act(obs))
+        results = self.sets[name](list(range(len(tasks))), predict, per_task is None, observe, batched)
         return [self._score(results[k], t.env) for k, t in enumerate(tasks)]
 
     def extra_sets(self) -> dict[str, list[str]]:

@@ -60,6 +60,9 @@ class SequenceJobConfig(RunConfig):
     """the SB3 algorithm of learner=sb3"""
     method: dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
     """the continual method: finetune | reset | multitask (configs/method/)"""
+    adapter: dict[str, Any] = field(default_factory=lambda: {"name": "full"})
+    """how learner=dt tunes its model: full | head | lora | ia3 | prompt | prefix | adapters | l2p | l2m
+    (configs/adapter/); other learners train their whole network (full)"""
     env: EnvSpec = field(default_factory=EnvSpec)
     """the env of single-task runs (sequence=single)"""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -109,10 +112,19 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
     """The sequence's tasks, checked before anything is written: names, budgets and metric; every env id
     exists and every task (and every extra_eval task) has the same spaces; the learner can train on them."""
     tasks = sequence_tasks(cfg)
+    learner = cfg.learner.get("name")
+    if learner != "dt" and cfg.adapter.get("name", "full") != "full":
+        raise ConfigError(
+            f"adapter={cfg.adapter.name} needs a model to adapt; learner={learner} trains its whole network",
+            "use learner=dt (a Decision Transformer), or adapter=full",
+        )
+    if learner == "dt":  # one model over domains: each task's spaces are checked against it when it loads
+        for task in [*tasks, *(t for ts in _extra_tasks(cfg, tasks[0].steps).values() for t in ts)]:
+            check_spaces([task])
+        return tasks
     spaces = check_spaces(tasks)
     for name, extra_tasks in _extra_tasks(cfg, tasks[0].steps).items():
         check_spaces([tasks[0], *extra_tasks], f"sequence and its extra_eval set {name!r}")
-    learner = cfg.learner.get("name")
     if learner == "sb3":
         from agents.sb3 import check_agent
 
@@ -123,7 +135,7 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
                 "train on it with learner=offline, or use the sequence for data collection (retain collect)",
             )
     elif learner != "offline":
-        raise ConfigError(f"unknown learner {learner!r}", "use learner=sb3 or learner=offline")
+        raise ConfigError(f"unknown learner {learner!r}", "use learner=sb3, offline or dt")
     return tasks
 
 
@@ -149,10 +161,24 @@ def build_learner(cfg: DictConfig, tasks: list[Task]):
         learner_cfg = _learner_config(cfg, Sb3LearnerConfig)
         agent = OmegaConf.to_object(cfg.agent)
         return Sb3Learner(tasks, agent, learner_cfg, evaluation, cfg.sequence.metric, cfg.seed, cfg.device, extra)
+    sequence = None if cfg.sequence.from_env else cfg.sequence.name
+    if cfg.learner.name == "dt":
+        from finetune.adapters import adapter_config
+        from finetune.dt_learner import DtLearner, DtLearnerConfig
+
+        adapter = adapter_config(OmegaConf.to_container(cfg.adapter, resolve=True))
+        learner_cfg = _learner_config(cfg, DtLearnerConfig)
+        if learner_cfg.model.path and learner_cfg.retention and "pretraining" not in extra:
+            from finetune.dt_learner import pretraining_tasks
+
+            pretrained = pretraining_tasks(learner_cfg.model.path, tasks[0].steps)
+            extra = {**extra, "pretraining": pretrained} if pretrained else extra
+        return DtLearner(
+            tasks, learner_cfg, adapter, evaluation, cfg.sequence.metric, cfg.seed, cfg.device, sequence, extra
+        )
     from finetune.offline_learner import OfflineLearner, OfflineLearnerConfig
 
     learner_cfg = _learner_config(cfg, OfflineLearnerConfig)
-    sequence = None if cfg.sequence.from_env else cfg.sequence.name
     return OfflineLearner(tasks, learner_cfg, evaluation, cfg.sequence.metric, cfg.seed, cfg.device, sequence, extra)
 
 
@@ -179,9 +205,19 @@ def describe(cfg: DictConfig, learner) -> list[str]:
     """The report's "What was run" lines."""
     lines = [
         f"- sequence: `{cfg.sequence.name}` ({len(learner.tasks)} tasks, metric `{cfg.sequence.metric}`)",
-        f"- method: `{cfg.method.name}`; learner: `{cfg.learner.name}`",
+        f"- method: `{cfg.method.name}`; learner: `{cfg.learner.name}`"
+        + (f"; adapter: `{cfg.adapter.name}`" if cfg.learner.name == "dt" else ""),
     ]
     return lines + learner.describe()
+
+
+def _method_label(cfg: DictConfig) -> str:
+    """The method's name in reports: the continual method, with the adapter when it is not full tuning
+    (``l2m``, ``lora+ewc``)."""
+    adapter = cfg.adapter.get("name", "full")
+    if adapter == "full":
+        return cfg.method.name
+    return adapter if cfg.method.name == "finetune" else f"{adapter}+{cfg.method.name}"
 
 
 def run_sequence(cfg: DictConfig, stop_after: int | None = None) -> dict:
@@ -200,10 +236,11 @@ def run_sequence(cfg: DictConfig, stop_after: int | None = None) -> dict:
             job="sequence",
             config=to_container(cfg),
             summary={
-                "label": f"{cfg.method.name} · {cfg.sequence.name}"
+                "label": f"{_method_label(cfg)} · {cfg.sequence.name}"
                 + (f" · {cfg.learner.name}" if cfg.learner.name != "sb3" else ""),
                 "sequence": cfg.sequence.name,
-                "method": cfg.method.name,
+                "method": _method_label(cfg),
+                "adapter": cfg.adapter.name,
                 "learner": cfg.learner.name,
                 "seed": cfg.seed,
                 "metric": cfg.sequence.metric,

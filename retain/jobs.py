@@ -38,6 +38,11 @@ JOBS: dict[str, Job] = {
         "envs.collect:CollectJobConfig",
         "roll experts out on tasks and write Minari datasets (offline data)",
     ),
+    "pretrain": Job(
+        "pretrain.job:run_pretrain",
+        "pretrain.job:PretrainJobConfig",
+        "pretrain a shared module on multi-task offline data (objective=dt); writes a shareable model folder",
+    ),
     "cpt": Job(
         "pretrain.cpt.job:run_cpt",
         "pretrain.cpt.job:CptJobConfig",

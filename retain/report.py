@@ -129,10 +129,12 @@ def plot_heatmap(run: dict, path: Path, title: str | None = None) -> None:
     res = run["results"]
     R = np.asarray(res["matrix"], dtype=float)
     T = len(res["tasks"])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * T, 1.0 + 0.8 * T))
+    rows = res.get("stages") or res["tasks"]  # R's rows: tasks, or stages (CPT, one pretraining row)
+    R = R.reshape(len(rows), T) if R.size else np.full((len(rows), T), np.nan)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * T, 1.0 + 0.8 * len(rows)))
     cmap = "viridis" if res["higher_is_better"] else "viridis_r"
     im = ax.imshow(R, cmap=cmap, aspect="auto")
-    for i in range(T):
+    for i in range(len(rows)):
         for j in range(T):
             ax.text(
                 j,
@@ -144,7 +146,7 @@ def plot_heatmap(run: dict, path: Path, title: str | None = None) -> None:
                 fontsize=8,
             )
     ax.set_xticks(range(T), res["tasks"], rotation=45, ha="right")
-    ax.set_yticks(range(T), [f"after {t}" for t in res["tasks"]])
+    ax.set_yticks(range(len(rows)), [f"after {t}" for t in rows])
     ax.set_xlabel(f"evaluated task ({res['metric']})")
     ax.set_title(title or f"Results matrix R — {label_of(run)}")
     fig.colorbar(im, ax=ax)

@@ -33,6 +33,18 @@ OFFLINE = [
     "sequence.eval_episodes=2",
     "progress=false",
 ]
+DT = [
+    "sequence=pointmass4",
+    "learner=dt",
+    "learner.updates_per_task=20",
+    "learner.batch_size=16",
+    "learner.model.n_embd=16",
+    "learner.dataset.qualities=[expert]",
+    "learner.log_every=10",
+    "chunks_per_task=2",
+    "sequence.eval_episodes=2",
+    "progress=false",
+]
 CPT = [o for o in CPT_TINY if not o.startswith(("stages.", "train.checkpoint_every"))] + [
     "stages.0.tokens=20480",
     "stages.1.tokens=10240",
@@ -43,6 +55,7 @@ CPT = [o for o in CPT_TINY if not o.startswith(("stages.", "train.checkpoint_eve
 LEARNERS = {
     "sb3": ("sequence", TINY, 3 * 2048, 3500),
     "offline": ("sequence", OFFLINE, 4 * 40, 70),
+    "dt": ("sequence", DT, 4 * 20, 35),
     "cpt": ("cpt", CPT, 40 + 20, 47),
 }
 
@@ -83,6 +96,7 @@ SMALL = {
 COMBINATIONS = [(learner, [f"method={m}"]) for learner in LEARNERS for m in ("finetune", "reset", "multitask")]
 COMBINATIONS += [("offline", overrides) for overrides in SMALL.values()]
 COMBINATIONS += [("sb3", SMALL["agem"]), ("sb3", SMALL["packnet"]), ("cpt", SMALL["ewc"])]  # PPO: on its rollouts
+COMBINATIONS += [("dt", SMALL[m]) for m in ("ewc", "mas", "replay", "agem", "packnet")]
 
 
 @pytest.mark.parametrize(("learner", "method"), COMBINATIONS, ids=lambda v: v if isinstance(v, str) else v[0])
