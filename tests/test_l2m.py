@@ -116,7 +116,7 @@ def test_l2m_tuning_keeps_the_backbone_bit_identical_and_moves_only_the_selected
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     model.adaptation.start_task(0)
     obs, actions, ids = _batch()
-    for step in range(5):
+    for _ in range(5):
         loss = model(obs, actions, ids)
         optimizer.zero_grad()
         loss.backward()
