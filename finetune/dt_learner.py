@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from agents.decision_transformer import DecisionTransformer, DTConfig, backbone_state
-from finetune.adapters import AdapterConfig, apply_adapter, check_adapter
+from finetune.adapters import AdapterConfig, apply_adapter, check_adapter, is_added
 from finetune.dt_data import EpisodeDatasets, Rollout, WindowData, from_unit, load_episodes
 from finetune.env_tasks import EnvScorer, EvalSettings, Task, swapped_weights
 from finetune.offline_data import _env_spaces
@@ -50,6 +50,7 @@ class DtModelConfig:
     n_head: int = 2
     n_embd: int = 64
     dropout: float = 0.1
+    activation: str = "gelu"
     max_timestep: int = 1000
     max_prefix: int = 32
     rtg_scale: float = 1000.0
@@ -182,12 +183,18 @@ class DtLearner(OfflineLearner):
         return model.to(device or self.device)
 
     def _optimizer(self, task: int):
-        # no weight decay on prompts and pools: an entry (or key) a batch did not select must stay as it is,
-        # or earlier tasks' modulations would decay while later tasks train
+        # what adapters add trains at adapter.lr; no weight decay on prompts and pools: an entry (or key) a batch
+        # did not select must stay as it is, or earlier tasks' modulations would decay while later tasks train
         trainable = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
+        added_lr = self.adapter.lr or self.cfg.lr
         groups = [
-            {"params": [p for n, p in trainable if not n.startswith("adaptation.")]},
-            {"params": [p for n, p in trainable if n.startswith("adaptation.")], "weight_decay": 0.0},
+            {"params": [p for n, p in trainable if not is_added(n)]},
+            {"params": [p for n, p in trainable if is_added(n) and not n.startswith("adaptation.")], "lr": added_lr},
+            {
+                "params": [p for n, p in trainable if n.startswith("adaptation.")],
+                "lr": added_lr,
+                "weight_decay": 0.0,
+            },
         ]
         optimizer = adamw([g for g in groups if g["params"]], self.cfg.lr, weight_decay=self.cfg.weight_decay)
         scheduler = build_scheduler(optimizer, self.cfg.schedule, self.budget(task))

@@ -56,12 +56,13 @@ def test_sequence_options_build_their_tasks(option):
 
 @pytest.mark.parametrize("option", options("learner"))
 def test_learner_options_are_typed_by_their_learner(option):
+    from finetune.dt_learner import DtLearnerConfig
     from finetune.offline_learner import OfflineLearnerConfig
     from finetune.sb3_learner import Sb3LearnerConfig
     from finetune.sequence import _learner_config
 
     cfg = load_config("sequence", [f"learner={option}"])
-    schema = {"sb3": Sb3LearnerConfig, "offline": OfflineLearnerConfig}[option]
+    schema = {"sb3": Sb3LearnerConfig, "offline": OfflineLearnerConfig, "dt": DtLearnerConfig}[option]
     assert isinstance(_learner_config(cfg, schema), schema)  # every key of the yaml is a field of the schema
     bad = load_config("sequence", [f"learner={option}", "+learner.no_such_key=1"])
     with pytest.raises(ConfigError, match="no_such_key"):
@@ -102,8 +103,10 @@ def test_logger_options_open_trackers(option, tmp_path):
     assert isinstance(OmegaConf.to_object(cfg.logger), LoggerConfig)
 
 
-@pytest.mark.parametrize("option", [o for o in options("experiment") if not o.startswith(("cpt_", "cw_"))])
-def test_experiment_presets_compose_and_build(option):  # cpt_*: tests/test_cpt_presets.py; cw_*: test_cw_presets.py
+@pytest.mark.parametrize("option", [o for o in options("experiment") if not o.startswith(("cpt_", "cw_", "l2m_"))])
+def test_experiment_presets_compose_and_build(
+    option,
+):  # cpt_*, cw_*, l2m_*: test_cpt_presets, test_cw_presets, test_l2m_presets
     cfg = load_config("sequence", [f"experiment={option}"])
     assert build_tasks(cfg)
 

@@ -96,7 +96,16 @@ SMALL = {
 COMBINATIONS = [(learner, [f"method={m}"]) for learner in LEARNERS for m in ("finetune", "reset", "multitask")]
 COMBINATIONS += [("offline", overrides) for overrides in SMALL.values()]
 COMBINATIONS += [("sb3", SMALL["agem"]), ("sb3", SMALL["packnet"]), ("cpt", SMALL["ewc"])]  # PPO: on its rollouts
-COMBINATIONS += [("dt", SMALL[m]) for m in ("ewc", "mas", "replay", "agem", "packnet")]
+COMBINATIONS += [("dt", SMALL[m]) for m in ("ewc", "replay")]
+# the rest of the Decision Transformer's combinations run with `make test-all` (the suite's time budget)
+SLOW = pytest.mark.slow
+COMBINATIONS = [
+    pytest.param(learner, m, marks=SLOW)
+    if learner == "dt" and m[0] in ("method=reset", "method=multitask")
+    else (learner, m)
+    for learner, m in COMBINATIONS
+]
+COMBINATIONS += [pytest.param("dt", SMALL[m], marks=SLOW) for m in ("mas", "agem", "packnet")]
 
 
 @pytest.mark.parametrize(("learner", "method"), COMBINATIONS, ids=lambda v: v if isinstance(v, str) else v[0])

@@ -26,12 +26,19 @@ ADAPTERS = ("full", "head", "lora", "ia3", "prompt", "prefix", "adapters", "l2p"
 PEFT_MARKS = ("lora_", "ia3_")
 
 
+def is_added(name: str) -> bool:
+    """Whether parameter ``name`` is one an adapter added (not part of the pretrained network)."""
+    return name.startswith("adaptation.") or any(m in name for m in PEFT_MARKS)
+
+
 def check_adapter(cfg: AdapterConfig) -> None:
     if cfg.name not in ADAPTERS:
         raise ConfigError(f"unknown adapter {cfg.name!r}", f"use one of {', '.join(ADAPTERS)}")
     for key in ("rank", "prompt_length", "bottleneck", "pool_size", "top_k"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"adapter.{key}={getattr(cfg, key)}", f"use adapter.{key} >= 1")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ConfigError(f"adapter.lr={cfg.lr}", "use a positive rate, or null for the learner's lr")
 
 
 def apply_adapter(model, cfg: AdapterConfig) -> None:

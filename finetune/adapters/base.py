@@ -42,6 +42,9 @@ class AdapterConfig:
     """weight of the key loss, -key_loss * mean cos(query, selected key)"""
     train_head: bool = False
     """also train the action head (PEFT methods keep it frozen by default, as L2M does)"""
+    lr: float | None = None
+    """learning rate of the parameters the adapter adds (pools, prompts, LoRA, ...); null: the learner's lr.
+    Small PEFT modules usually want a larger rate than full fine-tuning"""
 
 
 class Adaptation(nn.Module):
