@@ -5,7 +5,7 @@ one forward pass per step) vs task after task.
 
     python benchmarks/dt_throughput.py [--updates 300] [--batch-size 64] [--repeats 5] [--episodes 10]
 
-Data: ``retain collect sequence=pointmass4`` into a temporary RETAIN_DATA (4 tasks). Model: the tiny DT of
+Data: ``retain collect sequence=<--sequence>`` into a temporary RETAIN_DATA (pointmass4: 4 tasks). Model: the tiny DT of
 the CPU presets (2 layers x 64, context 5), trained with the same loss on both sides.
 
 - retain: ``DtLearner.train_chunk`` — every task's episodes in contiguous tensors; a batch of windows is one
@@ -15,7 +15,9 @@ the CPU presets (2 layers x 64, context 5), trained with the same loss on both s
   ``torch.optim.AdamW`` at its defaults.
 
 Samples/s (windows/s) and evaluation seconds are medians over the repeats; the ratios are what the goals
-(training >= 2x, evaluation >= 1.6x on 2 cores) are about.
+(training >= 2x, evaluation >= 1.6x on 2 cores) are about. A third row times the data path alone: at the
+tiny size the transformer's forward and backward are ~90% of a step on both sides, so the whole-step ratio
+is bounded by that share however fast the data path is (torch.compile of the model measured slower here).
 """
 
 from __future__ import annotations
@@ -86,6 +88,24 @@ def plain_loop(model, data, context: int, updates: int, batch_size: int) -> floa
     return updates * batch_size / (time.perf_counter() - t0)
 
 
+def data_path(learner, loader_iter_factory, batches: int) -> tuple[float, float]:
+    """Windows/s of assembling batches only (no training): retain's gather vs the DataLoader."""
+    generator = torch.Generator().manual_seed(0)
+    tasks = torch.arange(len(learner.eval_tasks))
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        learner.data.batch(tasks, learner.cfg.batch_size, generator)
+    ours = batches * learner.cfg.batch_size / (time.perf_counter() - t0)
+    it, t0 = loader_iter_factory(), time.perf_counter()
+    for _ in range(batches):
+        try:
+            next(it)
+        except StopIteration:
+            it = loader_iter_factory()
+            next(it)
+    return ours, batches * learner.cfg.batch_size / (time.perf_counter() - t0)
+
+
 def retain_loop(learner, updates: int, batch_size: int, repeat: int) -> float:
     t0 = time.perf_counter()
     learner.train_chunk(0, 100 + repeat, updates)
@@ -98,6 +118,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes per task")
+    parser.add_argument("--sequence", default="pointmass4", help="pointmass4 | cw3_quick (Meta-World: slower envs)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = tempfile.mkdtemp(prefix="dt_bench_")
@@ -108,9 +129,9 @@ def main() -> None:
         load_config(
             "collect",
             [
-                "sequence=pointmass4",
-                "episodes=40",
-                "workers=1",
+                f"sequence={args.sequence}",
+                f"episodes={40 if args.sequence == 'pointmass4' else 10}",
+                "workers=2",
                 "progress=false",
                 f"run_dir={root}/collect",
                 "dataset.ref_episodes=1",
@@ -119,11 +140,11 @@ def main() -> None:
     )
     from finetune.sequence import build_learner, build_tasks
 
-    def learner(batched: bool):
+    def learner(batched: bool, workers: int = 1):
         cfg = load_config(
             "sequence",
             [
-                "sequence=pointmass4",
+                f"sequence={args.sequence}",
                 "learner=dt",
                 f"learner.batch_size={args.batch_size}",
                 "learner.dataset.qualities=[expert]",
@@ -131,20 +152,25 @@ def main() -> None:
                 f"learner.batched_eval={batched}",
                 f"sequence.eval_episodes={args.episodes}",
                 f"run_dir={root}/run",
+                f"eval.workers={workers}",
             ],
         )
         return build_learner(cfg, build_tasks(cfg))
 
     ours = learner(True)
-    ours.prepare_task(0, [0, 1, 2, 3])
+    ours.prepare_task(0, list(range(len(ours.eval_tasks))))
     plain_model = ours._fresh_policy(0)
     ours_sps, plain_sps = [], []
     for repeat in range(args.repeats):
         ours_sps.append(retain_loop(ours, args.updates, args.batch_size, repeat))
         plain_sps.append(plain_loop(plain_model, ours.data, ours.arch.context, args.updates, args.batch_size))
+    loader = DataLoader(Windows(ours.data, ours.arch.context), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    paths = [data_path(ours, lambda: iter(loader), args.updates) for _ in range(args.repeats)]
     sequential = learner(False)
     sequential.load_weights(ours.weights())
-    batched_s, sequential_s = [], []
+    sharded = learner(True, workers=2)
+    sharded.load_weights(ours.weights())
+    batched_s, sequential_s, sharded_s = [], [], []
     tasks = list(range(len(ours.eval_tasks)))
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -153,18 +179,29 @@ def main() -> None:
         t0 = time.perf_counter()
         b = sequential.evaluate(tasks, {})
         sequential_s.append(time.perf_counter() - t0)
-    same = all(a[j].metrics == b[j].metrics for j in tasks)
-    ours.close()
-    sequential.close()
+        t0 = time.perf_counter()
+        c = sharded.evaluate(tasks, {})
+        sharded_s.append(time.perf_counter() - t0)
+    same = all(a[j].metrics == b[j].metrics == c[j].metrics for j in tasks)
+    for one in (ours, sequential, sharded):
+        one.close()
     med = statistics.median
     print(f"DT training, {args.updates} updates x batch {args.batch_size}, median of {args.repeats} (windows/s):")
     print(f"  retain DtLearner     {med(ours_sps):10.0f}")
     print(f"  plain DataLoader     {med(plain_sps):10.0f}")
     print(f"  ratio                {med(ours_sps) / med(plain_sps):10.2f}x")
-    print(f"Evaluation of {len(tasks)} tasks x {args.episodes} episodes, median seconds (same scores: {same}):")
+    gather, loader_sps = med([p[0] for p in paths]), med([p[1] for p in paths])
+    print("The data path alone (assembling batches, no training), windows/s:")
+    print(f"  retain gather        {gather:10.0f}")
+    print(f"  plain DataLoader     {loader_sps:10.0f}")
+    print(f"  ratio                {gather / loader_sps:10.2f}x")
+    print(f"Evaluation of {args.sequence}'s {len(tasks)} tasks x {args.episodes} episodes, median seconds "
+          f"(same scores: {same}):")
     print(f"  batched              {med(batched_s):10.2f}")
+    print(f"  batched, envs in 2 worker processes {med(sharded_s):6.2f}")
     print(f"  task after task      {med(sequential_s):10.2f}")
-    print(f"  ratio                {med(sequential_s) / med(batched_s):10.2f}x")
+    print(f"  ratio (task after task / batched)          {med(sequential_s) / med(batched_s):6.2f}x")
+    print(f"  ratio (task after task / batched, 2 procs) {med(sequential_s) / med(sharded_s):6.2f}x")
 
 
 if __name__ == "__main__":
