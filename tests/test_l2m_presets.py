@@ -52,3 +52,69 @@ def test_small_pretraining_preset_composes():
     cfg = load_config("pretrain", ["experiment=l2m_small_pretrain"])
     assert cfg.sequence.name == "mt4_pretrain" and cfg.run_dir == "runs/pretrain/l2m_small"
     assert load_config("sequence", ["experiment=l2m_small"]).learner.model.path == "runs/pretrain/l2m_small/model"
+
+
+@pytest.mark.slow
+def test_l2m_cw10_runs_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch):
+    """The paper-scale presets, shrunk: one episode of every MT40 and CW10 task, a 2-layer model, a few updates;
+    CW10 tuned with L2M, the 40 pretraining tasks scored after every task."""
+    import json
+
+    from envs.collect import run_collect
+    from finetune.sequence import run_sequence
+    from pretrain.job import run_pretrain
+
+    monkeypatch.setenv("RETAIN_DATA", str(tmp_path / "data"))
+    for sequence in ("mt40_pretrain", "cw10"):
+        run_collect(
+            load_config(
+                "collect",
+                [
+                    f"sequence={sequence}",
+                    "episodes=1",
+                    "workers=2",
+                    "progress=false",
+                    f"run_dir={tmp_path / sequence}",
+                    "dataset.ref_episodes=1",
+                ],
+            )
+        )
+    tiny = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16"]
+    run_pretrain(
+        load_config(
+            "pretrain",
+            [
+                "experiment=l2m_cw10_pretrain",
+                f"run_dir={tmp_path / 'pretrain'}",
+                "objective.updates=4",
+                "objective.batch_size=8",
+                "objective.schedule.warmup_steps=1",
+                "objective.dataset.qualities=[expert]",
+                *[f"objective.{t}" for t in tiny],
+                "eval.episodes=1",
+                "chunks_per_task=1",
+                "progress=false",
+            ],
+        )
+    )
+    summary = run_sequence(
+        load_config(
+            "sequence",
+            [
+                "experiment=l2m_cw10",
+                "hydra/sweeper=basic",
+                "variant=l2m",
+                f"learner.model.path={tmp_path / 'pretrain/model'}",
+                "learner.updates_per_task=2",
+                "learner.batch_size=8",
+                "learner.dataset.qualities=[expert]",
+                "chunks_per_task=1",
+                "eval.episodes=1",
+                f"run_dir={tmp_path / 'tune'}",
+                "progress=false",
+            ],
+        )
+    )
+    results = json.loads((tmp_path / "tune" / "results.json").read_text())
+    assert len(results["matrix"]) == 10 and len(results["extra"]["pretraining"]["matrix"][0]) == 40
+    assert summary["method"] == "l2m" and "pretraining/forgetting" in summary
