@@ -195,8 +195,10 @@ def main() -> None:
     print(f"  retain gather        {gather:10.0f}")
     print(f"  plain DataLoader     {loader_sps:10.0f}")
     print(f"  ratio                {gather / loader_sps:10.2f}x")
-    print(f"Evaluation of {args.sequence}'s {len(tasks)} tasks x {args.episodes} episodes, median seconds "
-          f"(same scores: {same}):")
+    print(
+        f"Evaluation of {args.sequence}'s {len(tasks)} tasks x {args.episodes} episodes, median seconds "
+        f"(same scores: {same}):"
+    )
     print(f"  batched              {med(batched_s):10.2f}")
     print(f"  batched, envs in 2 worker processes {med(sharded_s):6.2f}")
     print(f"  task after task      {med(sequential_s):10.2f}")

@@ -405,6 +405,12 @@ def _per_task_matrices(members: list[dict]) -> tuple[dict, dict]:
     return matrices, counts
 
 
+def _extra_sets(members: list[dict]) -> list[str]:
+    """The extra evaluation sets every member has (with scores before the sequence)."""
+    names = [set(m["results"].get("extra") or {}) for m in members]
+    return sorted(set.intersection(*names)) if names else []
+
+
 def _aggregate(members: list[dict], references: dict, per_task: bool) -> tuple[dict, dict]:
     """One group's aggregates (see ``compare_runs``) and its score matrices by metric, from one batched rliable
     bootstrap."""
@@ -423,8 +429,17 @@ def _aggregate(members: list[dict], references: dict, per_task: bool) -> tuple[d
     if per_task:
         task_matrices, counts = _per_task_matrices(members)
         matrices.update(task_matrices)
+    sets = _extra_sets(members)
+    for name in sets:  # retention of each extra evaluation set (L2M: the pretraining tasks), per set task
+        per = [(m["results"].get("extra") or {}).get(name, {}).get("metrics", {}).get("per_task", {}) for m in members]
+        matrices[("retention", name, "forgetting")] = _matrix([p.get("forgetting") for p in per])
+        matrices[("retention", name, "average")] = _matrix([p.get("final") for p in per])
     stats = estimates(matrices)
     out = {"seeds": len(members), **{key: stats[key] for key in _ALL_KEYS}}
+    if sets:
+        out["retention"] = {
+            name: {k: stats[("retention", name, k)] for k in ("average", "forgetting")} for name in sets
+        }
     if per_task:
         tasks = members[0]["results"]["tasks"]
         out["per_task"] = {
@@ -510,11 +525,16 @@ def _methods_table(aggregates: dict, groups: dict[str, list[dict]]) -> list[str]
         return _cell(from_r) + " (R)" if from_r and from_r.get("n") else "–"
 
     head = ["average", "forgetting", "forward transfer", "plasticity"]
+    retained = sorted({n for agg in aggregates.values() for n in agg.get("retention", {})})
+    head += [f"{n}: {k}" for n in retained for k in ("average", "forgetting")]
     rows = []
     shown_published = False
     for label, agg in aggregates.items():
         summary = groups[label][0]["summary"]
         cells = [_cell(agg["average"]), _cell(agg["forgetting"]), forward(agg), _cell(agg["plasticity"])]
+        cells += [
+            _cell(agg.get("retention", {}).get(n, {}).get(k)) for n in retained for k in ("average", "forgetting")
+        ]
         paper = published(summary.get("sequence"), summary.get("method"))
         if paper is not None:
             shown_published = True
@@ -534,7 +554,13 @@ def _methods_table(aggregates: dict, groups: dict[str, list[dict]]) -> list[str]
         "curve against the `reset` run of the same seed (0: no better than a fresh network), or, marked (R), from "
         "the results matrix when no `reset` run is in the comparison or tasks were evaluated fewer than "
         f"{MIN_CURVE} times while they trained (eval.during=none); plasticity: each task's score right after its "
-        "own training.",
+        "own training."
+        + (
+            f" {', '.join(retained)}: the extra evaluation set(s) never trained in the sequence (e.g. the pretraining "
+            "tasks): each task's score at the end, and its drop from before the sequence (retention; positive = lost)."
+            if retained
+            else ""
+        ),
     ]
     if shown_published:
         lines += ["", f"Published: {SOURCE}."]

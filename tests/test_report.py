@@ -237,3 +237,34 @@ def test_a_sweep_report_rebuilds_after_the_sweep_folder_moves(tmp_path, cli):
     proc = cli("report", str(moved))
     assert proc.returncode == 0, proc.stderr
     assert "| finetune · seq | 2 |" in (moved / "report.md").read_text()
+
+
+def test_methods_table_carries_the_retention_of_extra_sets_with_intervals(tmp_path):
+    """L2M's question: how much of the pretraining tasks did each method keep? One column pair per extra set."""
+    from retain.metrics import retention_metrics
+
+    runs = []
+    for method, kept in (("l2m", 0.8), ("full", 0.0)):
+        for seed in range(3):
+            run = fake_run(tmp_path, f"{method}{seed}", success_matrix((0.5, 0.5, 0.5)), method, seed)
+            results = json.loads((run / "results.json").read_text())
+            rows, initial = [[0.8, kept + 0.05 * seed]] * 3, [0.8, 0.8]
+            results["extra"] = {
+                "pretraining": {
+                    "tasks": ["p0", "p1"],
+                    "matrix": rows,
+                    "initial": initial,
+                    "metrics": retention_metrics(rows, initial),
+                }
+            }
+            (run / "results.json").write_text(json.dumps(results))
+            runs.append(run)
+    compare_runs(runs, tmp_path / "cmp")
+    groups = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["groups"]
+    assert groups["l2m · seq"]["retention"]["pretraining"]["forgetting"]["mean"] == pytest.approx(-0.05 / 2, abs=1e-9)
+    assert groups["full · seq"]["retention"]["pretraining"]["forgetting"]["mean"] == pytest.approx(0.375, abs=1e-9)
+    assert groups["full · seq"]["retention"]["pretraining"]["forgetting"]["n"] == 3
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| pretraining: average | pretraining: forgetting |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| full · seq | 3 |"))
+    assert "0.375 [" in row
