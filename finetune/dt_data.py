@@ -98,6 +98,8 @@ def load_episodes(
             if dataset_path(name) is None:
                 quality = name.rsplit("/", 1)[-1].removesuffix("-v0")
                 how = collect_command(sequence, task, _names(names.namespace, quality))
+                if quality != "expert":  # noisier data: the expert with action noise
+                    how += " expert.sigma=0.1"
                 raise DatasetError(f"task {task.name!r}: dataset {name} not found", f"make it with `{how}`")
             data = load_transitions(name)
             _check_fits(task, name, data, (obs_space, act_space))

@@ -131,7 +131,7 @@ def plot_heatmap(run: dict, path: Path, title: str | None = None) -> None:
     T = len(res["tasks"])
     rows = res.get("stages") or res["tasks"]  # R's rows: tasks, or stages (CPT, one pretraining row)
     R = R.reshape(len(rows), T) if R.size else np.full((len(rows), T), np.nan)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * T, 1.0 + 0.8 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(3.0, 1.2 + 0.9 * T), max(2.6, 1.0 + 0.8 * len(rows))))
     cmap = "viridis" if res["higher_is_better"] else "viridis_r"
     im = ax.imshow(R, cmap=cmap, aspect="auto")
     for i in range(len(rows)):
