@@ -18,6 +18,10 @@ task's target return (L2M: twice the best return in its data).
 Adaptation methods (``finetune/adapters``) plug in through ``adaptation``: a module that may prepend tokens
 (prompts) and route each row through modulation weights, chosen from a query made of the state tokens'
 embeddings — L2M's pool selects by it.
+
+``kind="continuous"`` is the single-domain Decision Transformer of Chen et al. (2021) as transformers ships it
+(``DecisionTransformerModel``: return-to-go, state and action tokens, continuous actions through a tanh, MSE),
+behind the same interface (``ContinuousDT``), for one domain's continuous control.
 """
 
 from __future__ import annotations
@@ -36,10 +40,16 @@ TOKENS_PER_STEP = 4  # return-to-go, state, action, reward
 RTG, STATE, ACTION, REWARD = range(TOKENS_PER_STEP)
 
 
+KINDS = ("multidomain", "continuous")
+
+
 @dataclass
 class DTConfig:
     """The network; the defaults are the tiny size of tests and CPU presets (L2M: 6 layers x 768, 12 heads)."""
 
+    kind: str = "multidomain"
+    """multidomain: L2M's tokens and binned actions (DecisionTransformer) | continuous: transformers'
+    DecisionTransformerModel, one domain, MSE on continuous actions (ContinuousDT)"""
     state_dim: int = 39
     """observations are zero-padded to this size (the largest of any domain; Meta-World: 39)"""
     act_dim: int = 4
@@ -190,6 +200,12 @@ class DecisionTransformer(nn.Module):
     def bin_centres(self, bins: torch.Tensor) -> torch.Tensor:
         return -1.0 + 2.0 * bins.float() / (self.cfg.n_bins - 1)
 
+    @torch.no_grad()
+    def act_unit(self, obs, actions, task=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(what the context records, the action in [-1, 1])`` at each row's last timestep: bins and centres."""
+        bins = self.act_bins(obs, actions, task)
+        return bins, self.bin_centres(bins)
+
     # -- the shareable artifact --------------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> Path:
@@ -207,7 +223,86 @@ class DecisionTransformer(nn.Module):
         return folder
 
 
-def backbone_state(model: DecisionTransformer) -> dict[str, torch.Tensor]:
+class ContinuousDT(nn.Module):
+    """transformers' ``DecisionTransformerModel`` behind the ``DecisionTransformer`` interface: windows come in as
+    the same dict, ``actions`` are the continuous actions in [-1, 1] (``(B, K, act_dim)``), the loss is the MSE
+    of the predicted actions over real timesteps. GPT-2 blocks (``transformer``) take peft's LoRA and (IA)^3."""
+
+    discrete = False
+    loss_kind = "mse"
+
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+        self.cfg = cfg
+        config = DecisionTransformerConfig(
+            state_dim=cfg.state_dim,
+            act_dim=cfg.act_dim,
+            hidden_size=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_inner=4 * cfg.n_embd,
+            activation_function=cfg.activation,
+            max_ep_len=cfg.max_timestep,
+            n_positions=3 * cfg.context,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            action_tanh=True,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+        self.model = DecisionTransformerModel(config)
+        self.adaptation: nn.Module | None = None
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self.model.encoder
+
+    def predict(self, obs, actions, task=None) -> torch.Tensor:
+        out = self.model(
+            states=obs["states"],
+            actions=actions.float(),
+            rewards=obs["rewards"].unsqueeze(-1),
+            returns_to_go=obs["rtg"].unsqueeze(-1),
+            timesteps=obs["timesteps"].clamp(0, self.cfg.max_timestep - 1),
+            attention_mask=obs["mask"].long(),
+            return_dict=True,
+        )
+        return out.action_preds
+
+    def forward(self, obs, actions: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        preds = self.predict(obs, actions, task)
+        mask = obs["mask"]
+        return F.mse_loss(preds[mask].float(), actions[mask].float())
+
+    def log_likelihood(self, obs, actions, task=None) -> torch.Tensor:
+        """A unit Gaussian's log-likelihood (up to a constant) of each row's last action (EWC)."""
+        preds = self.predict(obs, actions, task)[:, -1].float()
+        return -0.5 * (preds - actions[:, -1].float()).pow(2).sum(-1)
+
+    def output_norm(self, obs, task=None, actions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict(obs, actions, task)[:, -1].float().pow(2).sum(-1)
+
+    @torch.no_grad()
+    def act_unit(self, obs, actions, task=None) -> tuple[torch.Tensor, torch.Tensor]:
+        action = self.predict(obs, actions, task)[:, -1].float()
+        return action, action
+
+    save = DecisionTransformer.save
+
+
+def build_dt(cfg: DTConfig) -> nn.Module:
+    """The Decision Transformer ``cfg.kind`` names."""
+    if cfg.kind not in KINDS:
+        from retain.errors import ConfigError
+
+        raise ConfigError(f"model.kind={cfg.kind!r}", f"use one of {', '.join(KINDS)}")
+    return DecisionTransformer(cfg) if cfg.kind == "multidomain" else ContinuousDT(cfg)
+
+
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The pretrained network's weights: everything but the adaptation's and peft's added parameters."""
     return {
         k.replace(".base_layer.", "."): v  # peft keeps the wrapped layer's weights under base_layer
@@ -235,14 +330,14 @@ def dt_config(folder: str | Path) -> DTConfig:
     return DTConfig(**{k: v for k, v in raw.items() if k in known})
 
 
-def load_dt(folder: str | Path) -> DecisionTransformer:
+def load_dt(folder: str | Path) -> nn.Module:
     """A pretrained Decision Transformer from its folder (what ``DecisionTransformer.save`` wrote)."""
     from safetensors.torch import load_file
 
     from retain.checkpoint import check_shapes
     from retain.errors import ConfigError
 
-    model = DecisionTransformer(dt_config(folder))
+    model = build_dt(dt_config(folder))
     path = Path(folder) / WEIGHTS
     try:
         weights = load_file(str(path))

@@ -62,10 +62,20 @@ def from_unit(unit: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
     return (low + (unit[:, : space.shape[0]] + 1.0) / 2.0 * (high - low)).astype(space.dtype)
 
 
+def to_unit(actions: np.ndarray, space: gym.spaces.Box, act_dim: int) -> np.ndarray:
+    """Actions min-max scaled to [-1, 1] from the space's bounds, zero-padded to ``act_dim`` (continuous DT)."""
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    unit = np.clip(2.0 * (np.asarray(actions, np.float64) - low) / (high - low) - 1.0, -1.0, 1.0)
+    out = np.zeros((len(unit), act_dim), dtype=np.float32)
+    out[:, : unit.shape[1]] = unit
+    return out
+
+
 @dataclass
 class EpisodePart:
     states: np.ndarray
     bins: np.ndarray
+    """binned actions (multi-domain DT) or continuous ones in [-1, 1] (continuous DT)"""
     rewards: np.ndarray
     rtg: np.ndarray
     timesteps: np.ndarray
@@ -82,6 +92,7 @@ def load_episodes(
     act_dim: int,
     n_bins: int,
     max_episodes: int | None = None,
+    continuous: bool = False,
 ) -> tuple[list[EpisodePart], list[gym.spaces.Box]]:
     """Every task's datasets (all ``names.qualities``), checked against its env, as padded arrays."""
     parts, action_spaces = [], []
@@ -105,7 +116,7 @@ def load_episodes(
             _check_fits(task, name, data, (obs_space, act_space))
             chunks.append(_episodes(data, max_episodes))
             sources.append(str(data.source))
-        parts.append(_part(chunks, act_space, state_dim, act_dim, n_bins, sources))
+        parts.append(_part(chunks, act_space, state_dim, act_dim, n_bins, sources, continuous))
         action_spaces.append(act_space)
     return parts, action_spaces
 
@@ -128,14 +139,19 @@ def _episodes(data, max_episodes: int | None) -> dict[str, np.ndarray]:
     }
 
 
-def _part(chunks, act_space, state_dim: int, act_dim: int, n_bins: int, sources: list[str]) -> EpisodePart:
+def _part(chunks, act_space, state_dim: int, act_dim: int, n_bins: int, sources: list[str], continuous: bool):
     states, bins, rewards, rtg, steps, start, best, offset = [], [], [], [], [], [], -np.inf, 0
     for c in chunks:
         n = len(c["rewards"])
         padded = np.zeros((n, state_dim), np.float32)
         padded[:, : c["obs"].shape[1]] = c["obs"]
         states.append(padded)
-        bins.append(to_bins(c["actions"], act_space, n_bins, act_dim))
+        encode = (
+            to_unit(c["actions"], act_space, act_dim)
+            if continuous
+            else to_bins(c["actions"], act_space, n_bins, act_dim)
+        )
+        bins.append(encode)
         rewards.append(c["rewards"])
         ends = np.append(c["starts"][1:], n)
         for s, e in zip(c["starts"], ends):
@@ -163,6 +179,8 @@ class WindowData(TaskData):
 
     def __init__(self, parts: list[EpisodePart], context: int, rtg_scale: float, device: torch.device):
         self.context = context
+        continuous = parts[0].bins.dtype.kind == "f"
+        self.pad_action = 0.0 if continuous else -1  # a padded timestep's action (continuous DT: zeros)
         self.sizes = torch.tensor([len(p.rewards) for p in parts], device=device)
         self.offsets = torch.cumsum(self.sizes, 0) - self.sizes
 
@@ -170,7 +188,7 @@ class WindowData(TaskData):
             return torch.as_tensor(np.concatenate([getattr(p, key) for p in parts]), dtype=dtype, device=device)
 
         self.states = cat("states", torch.float32)
-        self.actions = cat("bins", torch.long)
+        self.actions = cat("bins", torch.float32 if continuous else torch.long)
         self.rewards = cat("rewards", torch.float32) / rtg_scale
         self.rtg = cat("rtg", torch.float32) / rtg_scale
         self.timesteps = cat("timesteps", torch.long)
@@ -192,7 +210,7 @@ class WindowData(TaskData):
             "timesteps": self.timesteps[index].masked_fill(zero, 0),
             "mask": valid,
         }
-        return obs, self.actions[index].masked_fill(zero.unsqueeze(-1), -1), tasks
+        return obs, self.actions[index].masked_fill(zero.unsqueeze(-1), self.pad_action), tasks
 
 
 class Rollout:
@@ -202,12 +220,15 @@ class Rollout:
     stores the bins chosen; ``observe(rewards, dones)`` lowers the returns-to-go by the rewards and starts a
     fresh window (at the target return) where an episode ended."""
 
-    def __init__(self, n: int, state_dim: int, act_dim: int, context: int, target, device):
-        """``target``: the scaled target return, one for all envs or one per env."""
+    def __init__(self, n: int, state_dim: int, act_dim: int, context: int, target, device, continuous=False):
+        """``target``: the scaled target return, one for all envs or one per env; ``continuous``: the context
+        holds continuous actions (continuous DT) instead of bins."""
         self.n, self.k = n, context
+        self.pad = 0.0 if continuous else -1
         self.target = torch.as_tensor(np.broadcast_to(np.asarray(target, np.float32), (n,)).copy(), device=device)
         self.states = torch.zeros(n, context, state_dim, device=device)
-        self.bins = torch.full((n, context, act_dim), -1, dtype=torch.long, device=device)
+        dtype = torch.float32 if continuous else torch.long
+        self.bins = torch.full((n, context, act_dim), self.pad, dtype=dtype, device=device)
         self.rewards = torch.zeros(n, context, device=device)
         self.rtg = torch.zeros(n, context, device=device)
         self.timesteps = torch.zeros(n, context, dtype=torch.long, device=device)
@@ -224,7 +245,7 @@ class Rollout:
         obs = torch.as_tensor(np.asarray(obs, np.float32), device=self.states.device)
         self.states[:, -1] = 0.0
         self.states[:, -1, : obs.shape[1]] = obs
-        self.bins[:, -1] = -1
+        self.bins[:, -1] = self.pad
         self.rewards[:, -1] = 0.0
         self.rtg[:, -1] = self.next_rtg
         self.timesteps[:, -1] = self.t
@@ -249,7 +270,7 @@ class Rollout:
         done = torch.as_tensor(np.asarray(dones, bool), device=self.states.device)
         if done.any():  # the vector env already reset these: a new episode, an empty window
             self.mask[done] = False
-            self.bins[done] = -1
+            self.bins[done] = self.pad
             self.states[done] = 0.0
             self.rewards[done] = 0.0
             self.rtg[done] = 0.0

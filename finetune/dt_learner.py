@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.decision_transformer import DecisionTransformer, DTConfig, backbone_state
+from agents.decision_transformer import DTConfig, backbone_state, build_dt
 from finetune.adapters import AdapterConfig, apply_adapter, check_adapter, is_added
 from finetune.dt_data import EpisodeDatasets, Rollout, WindowData, from_unit, load_episodes
 from finetune.env_tasks import EnvScorer, EvalSettings, Task, swapped_weights
@@ -40,6 +40,9 @@ class DtModelConfig:
 
     path: str | None = None
     """a model folder `retain pretrain objective=dt` wrote (model.safetensors + config.json); null: fresh"""
+    kind: str = "multidomain"
+    """multidomain (L2M's tokens, binned actions) | continuous (transformers' DecisionTransformerModel, one
+    domain, MSE); a loaded model keeps its own"""
     state_dim: int = 0
     """observation slots (0: the largest observation of the tasks)"""
     act_dim: int = 0
@@ -115,8 +118,17 @@ class DtLearner(OfflineLearner):
         self.pretrained = self._pretrained(cfg.model)
         spaces = {t.name: _env_spaces(t) for t in [*tasks, *(t for ts in (extra or {}).values() for t in ts)]}
         self.arch = self._arch(cfg.model, spaces)
+        self.continuous = self.arch.kind == "continuous"
+        self._check_kind(adapter, spaces)
         parts, self.action_spaces = load_episodes(
-            tasks, cfg.dataset, sequence, self.arch.state_dim, self.arch.act_dim, self.arch.n_bins, cfg.max_episodes
+            tasks,
+            cfg.dataset,
+            sequence,
+            self.arch.state_dim,
+            self.arch.act_dim,
+            self.arch.n_bins,
+            cfg.max_episodes,
+            self.continuous,
         )
         self.sources = [s for p in parts for s in p.sources]
         self.data = WindowData(parts, self.arch.context, self.arch.rtg_scale, self.device)
@@ -155,6 +167,21 @@ class DtLearner(OfflineLearner):
         check_schedule(cfg.schedule, cfg.updates_per_task)
         check_adapter(adapter)
 
+    def _check_kind(self, adapter: AdapterConfig, spaces: dict) -> None:
+        if not self.continuous:
+            return
+        if adapter.name not in ("full", "lora", "ia3"):
+            raise ConfigError(
+                f"adapter={adapter.name} needs the multi-domain Decision Transformer (its tokens and action head)",
+                "use learner.model.kind=multidomain, or adapter=full | lora | ia3",
+            )
+        dims = {(int(o.shape[0]), int(a.shape[0])) for o, a in spaces.values()}
+        if len(dims) > 1:
+            raise ConfigError(
+                f"learner.model.kind=continuous is single-domain, but the tasks have (obs, action) sizes {sorted(dims)}",
+                "use learner.model.kind=multidomain for tasks of several domains",
+            )
+
     def _pretrained(self, model: DtModelConfig) -> tuple[DTConfig, dict[str, torch.Tensor]] | None:
         if not model.path:
             return None
@@ -171,12 +198,12 @@ class DtLearner(OfflineLearner):
         fields["act_dim"] = model.act_dim or max(int(s[1].shape[0]) for s in spaces.values())
         return DTConfig(**fields)
 
-    def _fresh_policy(self, task: int, device: torch.device | None = None) -> DecisionTransformer:
+    def _fresh_policy(self, task: int, device: torch.device | None = None) -> torch.nn.Module:
         """The pretrained model (or a fresh one seeded by the task) with the adapter's parameters, seeded by
         the task, added; only what the adapter trains is trainable."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, "model", task))
-            model = DecisionTransformer(self.arch)
+            model = build_dt(self.arch)
             if self.pretrained is not None:
                 model.load_state_dict(self.pretrained[1], strict=False)
             apply_adapter(model, self.adapter)
@@ -221,17 +248,16 @@ class DtLearner(OfflineLearner):
         def act(obs: np.ndarray, j: int) -> np.ndarray:
             k = max(j, 0)
             if j not in rollouts:
-                rollouts[j] = Rollout(
-                    len(obs), a.state_dim, a.act_dim, a.context, targets[k] / a.rtg_scale, self.device
-                )
-            window, bins = rollouts[j].window(obs)
+                target = targets[k] / a.rtg_scale
+                rollouts[j] = Rollout(len(obs), a.state_dim, a.act_dim, a.context, target, self.device, self.continuous)
+            window, past = rollouts[j].window(obs)
             ids = torch.full((len(obs),), task_ids[k], device=self.device)
             self.policy.eval()
             with autocast(self.device, self.bf16):
-                chosen = self.policy.act_bins(window, bins, ids)
+                chosen, unit = self.policy.act_unit(window, past, ids)
             self.policy.train()
             rollouts[j].record(chosen)
-            return from_unit(self.policy.bin_centres(chosen).cpu().numpy(), spaces[k])
+            return from_unit(unit.float().cpu().numpy(), spaces[k])
 
         def observe(j: int, rewards: np.ndarray, dones: np.ndarray) -> None:
             rollouts[j].observe(rewards, dones, a.rtg_scale)
@@ -247,14 +273,16 @@ class DtLearner(OfflineLearner):
 
         def act(tasks: np.ndarray, obs: np.ndarray) -> np.ndarray:
             if not rollout:
-                rollout.append(Rollout(len(obs), a.state_dim, a.act_dim, a.context, targets_[tasks], self.device))
-            window, bins = rollout[0].window(obs)
+                rollout.append(
+                    Rollout(len(obs), a.state_dim, a.act_dim, a.context, targets_[tasks], self.device, self.continuous)
+                )
+            window, past = rollout[0].window(obs)
             self.policy.eval()
             with autocast(self.device, self.bf16):
-                chosen = self.policy.act_bins(window, bins, ids_[torch.as_tensor(tasks, device=self.device)])
+                chosen, unit = self.policy.act_unit(window, past, ids_[torch.as_tensor(tasks, device=self.device)])
             self.policy.train()
             rollout[0].record(chosen)
-            return from_unit(self.policy.bin_centres(chosen).cpu().numpy(), space)
+            return from_unit(unit.float().cpu().numpy(), space)
 
         def observe(tasks: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
             rollout[0].observe(rewards, dones, a.rtg_scale)
@@ -295,6 +323,9 @@ class DtLearner(OfflineLearner):
     def output_norm(self, batch) -> torch.Tensor:
         obs, actions, ids = batch
         return self.policy.output_norm(obs, ids, actions)
+
+    def is_gaussian(self) -> bool:
+        return False  # EWC takes the empirical Fisher of log_likelihood (categorical bins, or a unit Gaussian)
 
     # -- the artifact and the report ---------------------------------------------------------------------
 

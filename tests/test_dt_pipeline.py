@@ -148,3 +148,32 @@ def test_batched_evaluation_scores_as_task_after_task(pretrained, tmp_path):
             learner.close()
         scores.append(([main[j].metrics for j in range(4)], [s.metrics for s in extra]))
     assert scores[0] == scores[1]
+
+
+def test_the_continuous_decision_transformer_of_transformers_pretrains_and_tunes(tmp_path):
+    """learner.model.kind=continuous: transformers' DecisionTransformerModel (MSE on continuous actions), shared as
+    the same folder, tuned with LoRA and EWC (its Fisher from a unit Gaussian's log-likelihood)."""
+    from agents.decision_transformer import ContinuousDT
+    from retain.errors import ConfigError
+
+    run_pretrain(load_config("pretrain", [*PRETRAIN, "objective.model.kind=continuous", f"run_dir={tmp_path / 'pre'}"]))
+    model = load_dt(tmp_path / "pre" / "model")
+    assert isinstance(model, ContinuousDT) and model.cfg.kind == "continuous"
+    summary = run_sequence(
+        load_config(
+            "sequence",
+            [
+                *TUNE,
+                f"learner.model.path={tmp_path / 'pre' / 'model'}",
+                "adapter=lora",
+                "method=ewc",
+                "method.batches=2",
+                "method.batch_size=8",
+                f"run_dir={tmp_path / 'tune'}",
+            ],
+        )
+    )
+    assert summary["method"] == "lora+ewc" and "pretraining/forgetting" in summary
+    with pytest.raises(ConfigError, match="needs the multi-domain Decision Transformer"):
+        cfg = load_config("sequence", [*TUNE, "learner.model.kind=continuous", "adapter=l2m", f"run_dir={tmp_path}"])
+        build_learner(cfg, build_tasks(cfg))

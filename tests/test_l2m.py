@@ -228,25 +228,27 @@ def test_action_bins_round_trip_within_half_a_bin():
     assert back.shape == (2, 2) and np.abs(back - actions).max() <= 2.0 * 2 / 63 / 2 + 1e-6
 
 
-def test_acting_windows_are_the_training_windows():
-    """The context a Rollout builds step by step is what WindowData gathers for the same episode."""
+@pytest.mark.parametrize("continuous", [False, True])
+def test_acting_windows_are_the_training_windows(continuous):
+    """The context a Rollout builds step by step is what WindowData gathers for the same episode (binned actions
+    of the multi-domain DT, or continuous ones)."""
     k, n = 3, 5
     rng = np.random.default_rng(0)
     obs, rewards = rng.normal(size=(n, 4)).astype(np.float32), rng.random(n)
-    bins = rng.integers(0, 8, size=(n, 2))
+    bins = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32) if continuous else rng.integers(0, 8, size=(n, 2))
     states = np.zeros((n, 6), np.float32)
     states[:, :4] = obs
     rtg = np.cumsum(rewards[::-1])[::-1]
     part = EpisodePart(states, bins, rewards, rtg, np.arange(n), np.zeros(n, np.int64), float(rtg[0]), [])
     data = WindowData([part], k, 10.0, torch.device("cpu"))
-    rollout = Rollout(1, 6, 2, k, rtg[0] / 10.0, "cpu")
+    rollout = Rollout(1, 6, 2, k, rtg[0] / 10.0, "cpu", continuous)
     for t in range(n):
         window, past = rollout.window(obs[t : t + 1])
         want, want_actions, _ = data.rows(torch.tensor([t]), torch.tensor([0]))
         for key in ("states", "rtg", "timesteps", "mask"):
             assert torch.allclose(window[key].float(), want[key].float(), atol=1e-6), (t, key)
         # the reward and action of the current step are not known yet when acting (and not seen: causal)
-        assert torch.equal(past[:, :-1], want_actions[:, :-1]) and torch.allclose(
+        assert torch.equal(past[:, :-1], want_actions[:, :-1].to(past.dtype)) and torch.allclose(
             window["rewards"][:, :-1], want["rewards"][:, :-1]
         )
         rollout.record(torch.as_tensor(bins[t : t + 1]))
