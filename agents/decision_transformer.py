@@ -79,6 +79,13 @@ class DTConfig:
     """the tasks it was pretrained on, {name: env spec}: tuning jobs score them again (retention)"""
 
 
+def window_mean(entries: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The mean of ``entries`` (B, K, A) over each window's ``valid`` ones, then over windows."""
+    valid = valid.to(entries.dtype)
+    per_window = (entries * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1.0)
+    return per_window.mean()
+
+
 class DecisionTransformer(nn.Module):
     """See the module docstring. ``forward`` is the training loss; ``action_logits`` what acting uses."""
 
@@ -173,11 +180,13 @@ class DecisionTransformer(nn.Module):
     # -- what learners and methods call -----------------------------------------------------------------
 
     def forward(self, obs, actions: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean cross-entropy over every real action dimension of every timestep in the windows, plus the
+        """Cross-entropy over every real action dimension of every timestep, averaged per window and then over
+        windows (so N data-parallel processes, each averaging its rows, average to the same loss), plus the
         adaptation's own loss (L2M's key loss), if any."""
         logits = self.logits(obs, actions, task)
         valid = self._valid(obs, actions)
-        loss = F.cross_entropy(logits[valid].float(), actions[valid])
+        entries = F.cross_entropy(logits.float().flatten(0, 2), actions.clamp_min(0).flatten(), reduction="none")
+        loss = window_mean(entries.view_as(actions), valid)
         aux = self.adaptation.aux_loss() if self.adaptation is not None else None
         return loss if aux is None else loss + aux
 
@@ -273,9 +282,10 @@ class ContinuousDT(nn.Module):
         return out.action_preds
 
     def forward(self, obs, actions: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared error of every action dimension of every real timestep, averaged per window, then over windows."""
         preds = self.predict(obs, actions, task)
-        mask = obs["mask"]
-        return F.mse_loss(preds[mask].float(), actions[mask].float())
+        entries = (preds.float() - actions.float()).pow(2)
+        return window_mean(entries, obs["mask"].unsqueeze(-1).expand_as(entries))
 
     def log_likelihood(self, obs, actions, task=None) -> torch.Tensor:
         """A unit Gaussian's log-likelihood (up to a constant) of each row's last action (EWC)."""

@@ -29,6 +29,7 @@ from retain.device import resolve_device
 from retain.errors import ConfigError
 from retain.learner import StepHooks, TaskScore
 from retain.seeding import derive_seed
+from retain.training.distributed import Parallel
 from retain.training.optim import adamw, maybe_compile
 from retain.training.precision import autocast, use_bf16
 from retain.training.schedules import ScheduleConfig, build_scheduler, check_schedule
@@ -109,8 +110,11 @@ class DtLearner(OfflineLearner):
         device: str = "auto",
         sequence: str | None = None,
         extra: dict[str, list[Task]] | None = None,
+        parallel: Parallel | None = None,
     ):
         self.task_list, self.cfg, self.metric, self.seed, self.adapter = tasks, cfg, metric, seed, adapter
+        self.parallel = parallel or Parallel()
+        self.parallel.check_batch(cfg.batch_size)
         self.tasks = self.eval_tasks = [t.name for t in tasks]
         self._check_dt(cfg, adapter)
         self.device = resolve_device(device)
@@ -225,8 +229,16 @@ class DtLearner(OfflineLearner):
         ]
         optimizer = adamw([g for g in groups if g["params"]], self.cfg.lr, weight_decay=self.cfg.weight_decay)
         scheduler = build_scheduler(optimizer, self.cfg.schedule, self.budget(task))
-        self._forward = maybe_compile(self.policy, self.cfg.compile)
+        # data parallelism (DDP under torchrun, DT pretraining): each process trains on its rows of every batch
+        self._forward = maybe_compile(self.parallel.wrap(self.policy), self.cfg.compile)
         return optimizer, scheduler
+
+    def _local(self, batch):
+        if self.parallel.world == 1:
+            return batch
+        obs, actions, ids = batch
+        rows = self.parallel.rows
+        return {k: rows(v) for k, v in obs.items()}, rows(actions), rows(ids)
 
     @property
     def _ids(self) -> bool:

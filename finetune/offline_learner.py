@@ -213,7 +213,7 @@ class OfflineLearner:
         t0, losses = time.perf_counter(), []
         for _ in range(units):
             batch = self.data.batch(tasks, self.cfg.batch_size, generator, self.replay_rows, memories)
-            batch = self.hooks.batch(self, batch)
+            batch = self._local(self.hooks.batch(self, batch))
             obs, actions, task_ids = batch
             with autocast(self.device, self.bf16):
                 loss = self._forward(obs, actions, task_ids if self._ids else None)
@@ -248,6 +248,10 @@ class OfflineLearner:
                 self.bar.update(1)
         seconds = time.perf_counter() - t0
         self.log({"perf/samples_per_second": units * self.cfg.batch_size / max(seconds, 1e-9)}, self._global_step)
+
+    def _local(self, batch):
+        """This process's rows of a batch (all of them without data parallelism)."""
+        return batch
 
     def _obs_tensor(self, obs) -> Any:
         if isinstance(obs, dict):

@@ -6,6 +6,10 @@ target return), which ``retain sequence learner=dt learner.model.path=...`` load
 Pretraining is the Decision Transformer learner over all tasks as one row of the continual runner: every
 batch draws its rows' tasks uniformly, every task is scored at the evaluation points, and the runner gives
 checkpoints, exact resume, ``results.json`` (a 1 x K matrix: success per pretraining task) and the report.
+``parallel=ddp`` under ``torchrun --nproc_per_node=N`` trains with DDP: every process draws the same global
+batch and trains on its rows (``rank::N``); the loss averages per window, so the averaged gradient is the
+one-process gradient of the whole batch. Every process evaluates (the same envs, the same scores); the main
+one writes.
 (So this objective imports the learner from ``finetune/``: tuning and pretraining share one training loop.)
 """
 
@@ -18,10 +22,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from retain.config import to_container
+from retain.device import resolve_device
 from retain.errors import ConfigError
 from retain.methods import make_method
 from retain.rundir import prepare_run_dir
 from retain.runner import Runner, RunOutputs, Schedule
+from retain.training.distributed import init_parallel, shutdown
 
 MODEL_DIR = "model"
 
@@ -43,8 +49,6 @@ def _learner_config(cfg: DictConfig):
 
 
 def run_dt_pretraining(cfg: DictConfig, stop_after: int | None = None) -> dict:
-    from finetune.adapters import AdapterConfig
-    from finetune.dt_learner import DtPretrainLearner
     from finetune.env_tasks import EvalSettings, sequence_tasks
 
     started = time.perf_counter()
@@ -52,6 +56,8 @@ def run_dt_pretraining(cfg: DictConfig, stop_after: int | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     if cfg.eval.during not in ("all", "none"):
         raise ConfigError(f"eval.during={cfg.eval.during!r}", "use all or none (pretraining has one row)")
+    if cfg.parallel not in ("none", "ddp"):
+        raise ConfigError(f"parallel={cfg.parallel!r} for objective=dt", "use parallel=ddp (or none)")
     schedule = Schedule(during=cfg.eval.during, chunks_per_task=cfg.chunks_per_task)
     schedule.check()
     tasks = sequence_tasks(cfg)
@@ -59,6 +65,17 @@ def run_dt_pretraining(cfg: DictConfig, stop_after: int | None = None) -> dict:
     evaluation = EvalSettings(
         cfg.eval.episodes or cfg.sequence.eval_episodes, cfg.eval.n_envs, cfg.eval.workers, cfg.eval.end_at_success
     )
+    parallel = init_parallel(cfg.parallel, resolve_device(cfg.device))
+    try:
+        return _pretrain(cfg, tasks, learner_cfg, evaluation, schedule, parallel, started, stop_after)
+    finally:
+        shutdown()
+
+
+def _pretrain(cfg, tasks, learner_cfg, evaluation, schedule, parallel, started: float, stop_after) -> dict:
+    from finetune.adapters import AdapterConfig
+    from finetune.dt_learner import DtPretrainLearner
+
     learner = DtPretrainLearner(
         tasks,
         learner_cfg,
@@ -68,9 +85,13 @@ def run_dt_pretraining(cfg: DictConfig, stop_after: int | None = None) -> dict:
         cfg.seed,
         cfg.device,
         cfg.sequence.name,
+        parallel=parallel,
     )
     try:
-        run_dir = prepare_run_dir(cfg)
+        if parallel.is_main:  # every process has checked its config and data; one writes the run directory
+            prepare_run_dir(cfg)
+        parallel.barrier()
+        run_dir = Path(cfg.run_dir)
         outputs = RunOutputs(
             job="pretrain",
             config=to_container(cfg),
@@ -91,13 +112,16 @@ def run_dt_pretraining(cfg: DictConfig, stop_after: int | None = None) -> dict:
             logger=cfg.logger,
             outputs=outputs,
             resume=cfg.resume,
-            progress=cfg.progress,
+            progress=cfg.progress and parallel.is_main,
+            parallel=parallel,
             started=started,
         )
         results = runner.run(stop_after=stop_after)
         if results["stopped"]:
             return {"stopped": True}
-        learner.export(Path(run_dir) / MODEL_DIR)
-        return {**results["summary"], "model": str(Path(run_dir) / MODEL_DIR)}
+        if not parallel.is_main:
+            return {"job": "pretrain", "steps": results["global_step"]}
+        learner.export(run_dir / MODEL_DIR)
+        return {**results["summary"], "model": str(run_dir / MODEL_DIR)}
     finally:
         learner.close()

@@ -45,6 +45,9 @@ class PretrainJobConfig(RunConfig):
     eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
     chunks_per_task: int = 5
     """evaluation + checkpoint points over the pretraining"""
+    parallel: str = "none"
+    """none | ddp: data parallelism under `torchrun --nproc_per_node=N retain pretrain ...` (each process trains
+    on its rows of every batch; the same command runs in one process without torchrun)"""
 
 
 def run_pretrain(cfg: DictConfig, stop_after: int | None = None) -> dict:

@@ -177,3 +177,43 @@ def test_the_continuous_decision_transformer_of_transformers_pretrains_and_tunes
     with pytest.raises(ConfigError, match="needs the multi-domain Decision Transformer"):
         cfg = load_config("sequence", [*TUNE, "learner.model.kind=continuous", "adapter=l2m", f"run_dir={tmp_path}"])
         build_learner(cfg, build_tasks(cfg))
+
+
+@pytest.mark.slow
+def test_ddp_pretraining_on_two_gloo_processes_matches_one(pretrained, tmp_path):
+    """`torchrun --nproc_per_node=2 retain pretrain parallel=ddp`: each process trains on its rows of every batch;
+    the loss averages per window, so the weights match one process's within float tolerance."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import RETAIN
+
+    def pretrain(run_dir, *extra, nproc=1):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RETAIN_DATA": str(pretrained[0])}
+        args = [*(launcher if nproc > 1 else []), RETAIN, "pretrain", *PRETRAIN, "objective.dropout=0.0"]
+        args = [a.replace("objective.dropout", "objective.model.dropout") for a in args]
+        proc = subprocess.run(
+            [*args, f"run_dir={run_dir}", *extra], capture_output=True, text=True, timeout=600, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return load_file(run_dir / "model" / "model.safetensors")
+
+    one = pretrain(tmp_path / "one", "objective.log_every=10")
+    two = pretrain(tmp_path / "two", "parallel=ddp", "objective.log_every=10", nproc=2)
+    assert one.keys() == two.keys()
+    losses = [
+        [
+            json.loads(line)["train/loss"]
+            for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+            if "train/loss" in line
+        ]
+        for d in ("one", "two")
+    ]
+    assert len(losses[0]) == len(losses[1]) == 3 and losses[0] != losses[1]  # the main process saw half the rows
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one), max(
+        float((one[k] - two[k]).abs().max()) for k in one
+    )

@@ -179,14 +179,18 @@ def test_unknown_adapter_is_one_clear_error():
 # -- the model, its artifact and its data --------------------------------------------------------------
 
 
-def test_loss_ignores_padded_timesteps_and_missing_dimensions():
+def test_loss_ignores_padded_timesteps_and_missing_dimensions_and_weighs_windows_alike():
     model = _model("full").eval()
     obs, actions, ids = _batch()
     logits = model.logits(obs, actions, ids)
     valid = obs["mask"].unsqueeze(-1) & (actions >= 0)
-    expected = F.cross_entropy(logits[valid], actions[valid])
-    assert model(obs, actions, ids).item() == pytest.approx(expected.item(), rel=1e-6)
+    per_window = [F.cross_entropy(logits[b][valid[b]], actions[b][valid[b]]) for b in range(4)]
+    assert model(obs, actions, ids).item() == pytest.approx(torch.stack(per_window).mean().item(), rel=1e-5)
     assert valid.sum() == (4 * 3 - 1) * 2
+    # two halves of a batch, each averaged, average to the whole batch's loss (data-parallel processes)
+    half = lambda t, s: {k: v[s] for k, v in t.items()} if isinstance(t, dict) else t[s]  # noqa: E731
+    parts = [model(half(obs, s), half(actions, s), half(ids, s)) for s in (slice(0, 2), slice(2, 4))]
+    assert ((parts[0] + parts[1]) / 2).item() == pytest.approx(model(obs, actions, ids).item(), rel=1e-5)
 
 
 def test_artifact_round_trip_loads_the_same_network_without_the_adapter(tmp_path):
