@@ -213,10 +213,13 @@ def describe(cfg: DictConfig, learner) -> list[str]:
 
 def _method_label(cfg: DictConfig) -> str:
     """The method's name in reports: the continual method, with the adapter when it is not full tuning
-    (``l2m``, ``lora+ewc``)."""
+    (``l2m``, ``l2m-oracle``, ``lora+ewc``)."""
     adapter = cfg.adapter.get("name", "full")
     if adapter == "full":
         return cfg.method.name
+    if adapter == "l2m":  # its variants are methods of their own in a comparison
+        adapter += "-oracle" if cfg.adapter.get("oracle") else ""
+        adapter += "-ia3" if cfg.adapter.get("modulation", "lora") == "ia3" else ""
     return adapter if cfg.method.name == "finetune" else f"{adapter}+{cfg.method.name}"
 
 
