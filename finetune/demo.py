@@ -1,7 +1,7 @@
 """``retain demo``: the story in one command, compared in one report.
 
 ``story=l2m`` (the default, ``finetune/l2m_demo.py``): collect Meta-World data → pretrain a Decision
-Transformer → tune it onto a 3-task sequence with full fine-tuning and with L2M → the sequence's forgetting
+Transformer → tune it onto a 3-task sequence with full fine-tuning, L2M and the L2M oracle (task-id routing) → the sequence's forgetting
 and the retention of the pretraining tasks. ``story=methods``: the default sequence run once per method and
 seed (SB3 PPO, finetune vs reset).
 

@@ -3,7 +3,8 @@
 1. collect scripted-expert data for four Meta-World pretraining tasks and a 3-task CW10 sequence (skipped
    for the datasets already under RETAIN_DATA);
 2. pretrain a tiny multi-domain Decision Transformer on the four tasks (``experiment=l2m_small_pretrain``);
-3. tune it onto the sequence with each variant (full fine-tuning and L2M by default), in parallel processes,
+3. tune it onto the sequence with each variant (full fine-tuning, L2M and the L2M oracle by default), in
+   parallel processes,
    scoring the sequence (R) and the four pretraining tasks (retention) after every task;
 4. one comparison report: forgetting and plasticity on the sequence, and what each variant kept of the
    pretraining tasks.
@@ -30,7 +31,7 @@ SEQUENCES = ("mt4_pretrain", "cw3_quick")
 class L2mStoryConfig:
     """``retain demo`` with ``story=l2m``: what is collected, pretrained and tuned."""
 
-    variants: list[str] = field(default_factory=lambda: ["full", "l2m"])
+    variants: list[str] = field(default_factory=lambda: ["full", "l2m", "l2m_oracle"])
     """how the pretrained model is tuned (variant/: full, lora, l2p, l2m, l2m_oracle, ewc, replay, ...)"""
     seeds: list[int] = field(default_factory=lambda: [0])
     """tuning seeds per variant"""

@@ -15,6 +15,7 @@ def test_demo_tells_the_pretrain_tune_forgetting_story(cli, tmp_path, monkeypatc
         "run_dir=demo",
         "progress=false",
         "l2m.episodes=2",
+        "l2m.variants=[full,l2m]",
         "l2m.pretrain=['experiment=l2m_small_pretrain','objective.updates=20','objective.schedule.warmup_steps=2','eval.episodes=1','chunks_per_task=1']",
         "l2m.tune=['experiment=l2m_small','learner.updates_per_task=10','eval.episodes=1']",
         timeout=600,
