@@ -14,7 +14,10 @@ the CPU presets (2 layers x 64, context 5), trained with the same loss on both s
   at the episode start, as DT code does), ``DataLoader(shuffle=True)`` with its default collate,
   ``torch.optim.AdamW`` at its defaults.
 
-Samples/s (windows/s) and evaluation seconds are medians over the repeats; the ratios are what the goals
+Evaluation: every task's envs batched into one forward pass per step (in one process, or with the envs in 2
+worker processes) against the same policy evaluated task after task (K envs each) and against the sequential
+loop (one env, one episode after another). Samples/s (windows/s) and evaluation seconds are medians over the
+repeats; the ratios are what the goals
 (training >= 2x, evaluation >= 1.6x on 2 cores) are about. A third row times the data path alone: at the
 tiny size the transformer's forward and backward are ~90% of a step on both sides, so the whole-step ratio
 is bounded by that share however fast the data path is (torch.compile of the model measured slower here).
@@ -140,7 +143,7 @@ def main() -> None:
     )
     from finetune.sequence import build_learner, build_tasks
 
-    def learner(batched: bool, workers: int = 1):
+    def learner(batched: bool, workers: int = 1, n_envs: int = 16):
         cfg = load_config(
             "sequence",
             [
@@ -153,6 +156,7 @@ def main() -> None:
                 f"sequence.eval_episodes={args.episodes}",
                 f"run_dir={root}/run",
                 f"eval.workers={workers}",
+                f"eval.n_envs={n_envs}",
             ],
         )
         return build_learner(cfg, build_tasks(cfg))
@@ -170,7 +174,9 @@ def main() -> None:
     sequential.load_weights(ours.weights())
     sharded = learner(True, workers=2)
     sharded.load_weights(ours.weights())
-    batched_s, sequential_s, sharded_s = [], [], []
+    single = learner(False, n_envs=1)  # the plain loop: one env, one episode after another, task after task
+    single.load_weights(ours.weights())
+    batched_s, sequential_s, sharded_s, single_s = [], [], [], []
     tasks = list(range(len(ours.eval_tasks)))
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -182,8 +188,11 @@ def main() -> None:
         t0 = time.perf_counter()
         c = sharded.evaluate(tasks, {})
         sharded_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        single.evaluate(tasks, {})  # its env i runs every episode: other episode seeds, so other scores
+        single_s.append(time.perf_counter() - t0)
     same = all(a[j].metrics == b[j].metrics == c[j].metrics for j in tasks)
-    for one in (ours, sequential, sharded):
+    for one in (ours, sequential, sharded, single):
         one.close()
     med = statistics.median
     print(f"DT training, {args.updates} updates x batch {args.batch_size}, median of {args.repeats} (windows/s):")
@@ -199,11 +208,17 @@ def main() -> None:
         f"Evaluation of {args.sequence}'s {len(tasks)} tasks x {args.episodes} episodes, median seconds "
         f"(same scores: {same}):"
     )
-    print(f"  batched              {med(batched_s):10.2f}")
-    print(f"  batched, envs in 2 worker processes {med(sharded_s):6.2f}")
-    print(f"  task after task      {med(sequential_s):10.2f}")
-    print(f"  ratio (task after task / batched)          {med(sequential_s) / med(batched_s):6.2f}x")
-    print(f"  ratio (task after task / batched, 2 procs) {med(sequential_s) / med(sharded_s):6.2f}x")
+    rows = [
+        ("all tasks batched, 1 process", batched_s),
+        ("all tasks batched, envs in 2 worker processes", sharded_s),
+        ("task after task, K envs each", sequential_s),
+        ("one env at a time (sequential)", single_s),
+    ]
+    for name, seconds in rows:
+        print(f"  {name:48s} {med(seconds):6.2f}")
+    for name, seconds in rows[:2]:
+        print(f"  ratio, sequential / {name:27s} {med(single_s) / med(seconds):6.2f}x")
+        print(f"  ratio, task after task / {name:22s} {med(sequential_s) / med(seconds):6.2f}x")
 
 
 if __name__ == "__main__":
