@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/retain demo $(ARGS)
 
-# the suite CI runs (~14 min on 2 cores); tests marked slow (CW10/CW20 smokes, the cw_table sweep, every
-# mt40 task built, the compiled-training and preset-sweep checks: ~12 min more) run with `make test-all`
+# the suite CI runs (8-14 min on 2 cores, as the machine goes); tests marked slow (CW10/CW20 smokes, the cw_table
+# sweep, every mt40 task built, compiled training, preset sweeps, the l2m_cw10 smoke, DDP: ~20 min more) run with `make test-all`
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" --durations=15 $(ARGS)
 
