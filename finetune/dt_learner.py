@@ -36,28 +36,16 @@ from retain.training.schedules import ScheduleConfig, build_scheduler, check_sch
 
 
 @dataclass
-class DtModelConfig:
-    """The Decision Transformer: a pretrained folder, or the size of a fresh one."""
+class DtModelConfig(DTConfig):
+    """The Decision Transformer: a pretrained folder, or the size of a fresh one (``DTConfig``'s fields; a
+    loaded model keeps its own)."""
 
     path: str | None = None
     """a model folder `retain pretrain objective=dt` wrote (model.safetensors + config.json); null: fresh"""
-    kind: str = "multidomain"
-    """multidomain (L2M's tokens, binned actions) | continuous (transformers' DecisionTransformerModel, one
-    domain, MSE); a loaded model keeps its own"""
     state_dim: int = 0
     """observation slots (0: the largest observation of the tasks)"""
     act_dim: int = 0
     """action dimensions (0: the widest action space of the tasks)"""
-    n_bins: int = 64
-    context: int = 5
-    n_layer: int = 2
-    n_head: int = 2
-    n_embd: int = 64
-    dropout: float = 0.1
-    activation: str = "gelu"
-    max_timestep: int = 1000
-    max_prefix: int = 32
-    rtg_scale: float = 1000.0
 
 
 @dataclass
