@@ -18,7 +18,7 @@ import torch
 
 from envs.datasets import dataset_path, load_transitions, sequence_dataset_id
 from finetune.env_tasks import Task
-from finetune.offline_data import TaskData, _check_fits, _env_spaces, collect_command
+from finetune.offline_data import DatasetNames, TaskData, _check_fits, _env_spaces, collect_command
 from retain.errors import ConfigError, DatasetError
 
 
@@ -93,11 +93,13 @@ def load_episodes(
     n_bins: int,
     max_episodes: int | None = None,
     continuous: bool = False,
+    spaces: dict[str, tuple[gym.Space, gym.Space]] | None = None,
 ) -> tuple[list[EpisodePart], list[gym.spaces.Box]]:
-    """Every task's datasets (all ``names.qualities``), checked against its env, as padded arrays."""
+    """Every task's datasets (all ``names.qualities``), checked against its env (its ``spaces[name]`` when the
+    caller has built it already), as padded arrays."""
     parts, action_spaces = [], []
     for task in tasks:
-        obs_space, act_space = _env_spaces(task)
+        obs_space, act_space = (spaces or {}).get(task.name) or _env_spaces(task)
         check_fits_model(task.name, obs_space, act_space, state_dim, act_dim)
         ids = (
             [task.dataset]
@@ -108,7 +110,7 @@ def load_episodes(
         for name in ids:
             if dataset_path(name) is None:
                 quality = name.rsplit("/", 1)[-1].removesuffix("-v0")
-                how = collect_command(sequence, task, _names(names.namespace, quality))
+                how = collect_command(sequence, task, DatasetNames(namespace=names.namespace, quality=quality))
                 if quality != "expert":  # noisier data: the expert with action noise
                     how += " expert.sigma=0.1"
                 raise DatasetError(f"task {task.name!r}: dataset {name} not found", f"make it with `{how}`")
@@ -119,12 +121,6 @@ def load_episodes(
         parts.append(_part(chunks, act_space, state_dim, act_dim, n_bins, sources, continuous))
         action_spaces.append(act_space)
     return parts, action_spaces
-
-
-def _names(namespace: str, quality: str):
-    from finetune.offline_data import DatasetNames
-
-    return DatasetNames(namespace=namespace, quality=quality)
 
 
 def _episodes(data, max_episodes: int | None) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ from finetune.offline_data import _env_spaces
 from finetune.offline_learner import OfflineLearner
 from retain.device import resolve_device
 from retain.errors import ConfigError
-from retain.learner import StepHooks, TaskScore
+from retain.learner import TaskScore
 from retain.seeding import derive_seed
 from retain.training.distributed import Parallel
 from retain.training.optim import adamw, maybe_compile
@@ -121,6 +121,7 @@ class DtLearner(OfflineLearner):
             self.arch.n_bins,
             cfg.max_episodes,
             self.continuous,
+            spaces,
         )
         self.sources = [s for p in parts for s in p.sources]
         self.data = WindowData(parts, self.arch.context, self.arch.rtg_scale, self.device)
@@ -135,15 +136,7 @@ class DtLearner(OfflineLearner):
         self.extra = extra or {}
         self._extra_spaces = {n: [spaces[t.name][1] for t in ts] for n, ts in self.extra.items()}
         self.scorer = EnvScorer(tasks, evaluation, metric, seed, self.extra)
-        self.hooks = StepHooks()
-        self.log = lambda metrics, step: None
-        self.bar = None
-        self._global_step = 0
-        self.task, self.task_step, self.model_task = 0, 0, 0
-        self.data_tasks, self.replay_rows = [0], []
-        self.replay_memory: int | None = None
-        self.policy = self._fresh_policy(0)
-        self.optimizer, self.scheduler = self._optimizer(0)
+        self._start()
 
     # -- set-up ------------------------------------------------------------------------------------------
 

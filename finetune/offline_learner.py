@@ -116,6 +116,10 @@ class OfflineLearner:
         }
         self.scorer = EnvScorer(eval_tasks, evaluation, metric, seed, extra)
         self.policy_space = encode_space(self.observation_space)
+        self._start()
+
+    def _start(self) -> None:
+        """The state before any task: no hooks or logger bound yet, task 0's fresh model and optimizer."""
         self.hooks = StepHooks()
         self.log = lambda metrics, step: None
         self.bar = None
