@@ -24,6 +24,8 @@ DT = 0.1
 MAX_SPEED = 2.0
 """speed limit per axis; from standstill at one wall, full force reaches exactly 2.0 at the other"""
 GOAL_RADIUS = 0.7
+RANDOM_GOAL_HALF = 0.8
+"""``random_goal=True`` draws each episode's goal uniformly in the square of this half-width"""
 GOALS = GOAL_RADIUS * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], axis=1)
 """the 8 fixed goals of ``goal_index``: angles 0°, 45°, …, 315° on a circle of radius 0.7 (index 0 is (0.7, 0))"""
 MAX_EPISODE_STEPS = 100
@@ -72,6 +74,8 @@ class PointMassEnv(gym.Env):
     Args:
         goal: the goal, a point of the box; or
         goal_index: one of ``GOALS`` (default 0 when neither is given).
+        random_goal: a new goal every episode, uniform in the square [-RANDOM_GOAL_HALF, RANDOM_GOAL_HALF]^2 from
+            the reset's seed (the paper's pretraining data: every episode its own hidden context).
         obs_type: "state" for (x, y, vx, vy) float32, "pixels" for an (image_size, image_size, 3) uint8 image
             of the agent as a disc (the goal is not drawn; velocity is not visible in one frame).
         image_size: 64 or 84, for pixel observations and ``render()``.
@@ -85,12 +89,16 @@ class PointMassEnv(gym.Env):
         self,
         goal: Any = None,
         goal_index: int | None = None,
+        random_goal: bool = False,
         obs_type: str = "state",
         image_size: int = 64,
         success_radius: float = 0.1,
         render_mode: str | None = None,
     ):
+        if random_goal and (goal is not None or goal_index is not None):
+            raise PointMassError("random_goal draws the goal", "drop goal/goal_index, or random_goal")
         self.goal = _goal_from(goal, goal_index)
+        self.random_goal = bool(random_goal)
         if obs_type not in ("state", "pixels"):
             raise PointMassError(f"unknown obs_type {obs_type!r}", "use obs_type='state' or 'pixels'")
         if image_size not in IMAGE_SIZES:
@@ -116,6 +124,8 @@ class PointMassEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self.pos = self.np_random.uniform(-1.0, 1.0, size=2)
+        if self.random_goal:
+            self.goal = self.np_random.uniform(-RANDOM_GOAL_HALF, RANDOM_GOAL_HALF, size=2)
         self.vel = np.zeros(2)
         return self._obs(), self._info()
 

@@ -240,6 +240,8 @@ def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
                 f"env {spec.id} rejected its arguments {dict(spec.kwargs)} ({str(e).splitlines()[0]})",
                 "fix env.kwargs (or the task's env kwargs) to what the env takes",
             ) from e
+        if spec.frame_stack is not None and spec.frame_stack > 1:
+            env = gym.wrappers.FrameStackObservation(env, spec.frame_stack, padding_type="reset")
         if spec.text_tokens:
             from envs.text import TextTokens
 

@@ -26,6 +26,9 @@ class EnvSpec:
     """zero-pad flat observations to this many dims (tasks of a sequence then share a space, as in L2M)"""
     pad_action_to: int | None = None
     """accept actions of this many dims and pass the env the dims it has"""
+    frame_stack: int | None = None
+    """stack this many consecutive observations, the oldest first, padded at reset with the first one
+    (gymnasium's ``FrameStackObservation``): encoders with a history read them"""
     text_tokens: bool = False
     """encode text observations (BabyAI missions) as hashed word ids (envs.text), so vectorized envs and
     networks can take them; offline learners set it for their evaluation envs"""

@@ -1,7 +1,9 @@
 """``retain pretrain objective=<name>``: pretrain a shared module once on multi-task offline data and write it
 as a shareable folder (safetensors + JSON config) that the tuning jobs load.
 
-Objectives: ``dt`` — the multi-domain Decision Transformer of Learning-to-Modulate (``pretrain/dt.py``).
+Objectives: ``dt`` — the multi-domain Decision Transformer of Learning-to-Modulate (``pretrain/dt.py``);
+``idm``, ``bc``, ``fd``, ``fd_contrastive``, ``contrastive`` — an observation encoder by inverse dynamics and
+its rivals (Brandfonbrener et al. 2023; ``pretrain/objectives/``, trained by ``pretrain/encoder_learner.py``).
 The job checks everything before it writes, trains on the continual runner (checkpoints, exact resume,
 evaluation of every pretraining task, report) and exports ``<run_dir>/model/``.
 """
@@ -13,11 +15,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from envs.spec import SequenceConfig
+from envs.spec import EnvSpec, SequenceConfig
 from retain.config import RunConfig
 from retain.errors import ConfigError
 
-OBJECTIVES = {"dt": "pretrain.dt:run_dt_pretraining"}
+OBJECTIVES = {
+    "dt": "pretrain.dt:run_dt_pretraining",
+    **{
+        name: "pretrain.encoder_job:run_encoder_pretraining"
+        for name in ("idm", "bc", "fd", "fd_contrastive", "contrastive")
+    },
+}
 
 
 @dataclass
@@ -40,6 +48,8 @@ class PretrainJobConfig(RunConfig):
     """what is pretrained and how (configs/objective/)"""
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     """the pretraining tasks (their datasets come from `retain collect sequence=<same>`)"""
+    env: EnvSpec = field(default_factory=EnvSpec)
+    """the task of sequence=single"""
     agent: dict[str, Any] = field(default_factory=dict)
     """unused (task lists may name an SB3 agent for online runs)"""
     eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
