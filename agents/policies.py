@@ -153,10 +153,12 @@ class BCPolicy(nn.Module):
         loss: str = "auto",
         n_tasks: int = 0,
         heads: int = 1,
+        encoder: nn.Module | None = None,
     ):
         super().__init__()
         activation = _activation(cfg.activation)
-        self.encoder = ObservationEncoder(observation_space, cfg, activation)
+        # a given encoder (a pretrained or fresh ``agents.encoders.Encoder``, with its ``dim``) replaces the default
+        self.encoder = encoder if encoder is not None else ObservationEncoder(observation_space, cfg, activation)
         self.n_tasks, self.heads = n_tasks, heads
         layers, last = [], self.encoder.dim + n_tasks
         for width in cfg.hidden:
@@ -257,5 +259,6 @@ def build_policy(
     loss: str = "auto",
     n_tasks: int = 0,
     heads: int = 1,
+    encoder: nn.Module | None = None,
 ) -> BCPolicy:
-    return BCPolicy(observation_space, action_space, cfg, loss, n_tasks, heads)
+    return BCPolicy(observation_space, action_space, cfg, loss, n_tasks, heads, encoder)

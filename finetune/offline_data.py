@@ -112,9 +112,10 @@ def collect_command(sequence: str | None, task: Task, names: DatasetNames) -> st
 
 
 def load_task_data(
-    tasks: list[Task], names: DatasetNames, sequence: str | None, max_episodes: int | None
+    tasks: list[Task], names: DatasetNames, sequence: str | None, max_episodes: int | None, history: int = 1
 ) -> tuple[list[str], list[dict], tuple[gym.Space, gym.Space]]:
-    """Every task's dataset, checked against the task's env before anything trains."""
+    """Every task's dataset, checked against the task's env before anything trains; with ``history`` > 1 each
+    row's observation is the ``history`` observations ending at it (``finetune.encoder_use.stack_history``)."""
     sources, parts, spaces = [], [], None
     if names.path and len(tasks) > 1:
         raise ConfigError(
@@ -135,12 +136,13 @@ def load_task_data(
         _check_fits(task, name, data, env_spaces)
         spaces = spaces or env_spaces
         rows = _first_episodes(data, max_episodes)
-        parts.append(
-            {
-                "observations": _take(_encode_obs(env_spaces[0], data.observations), rows),
-                "actions": np.asarray(data.actions)[rows],
-            }
-        )
+        observations = _take(_encode_obs(env_spaces[0], data.observations), rows)
+        if history > 1:
+            from finetune.encoder_use import stack_history
+
+            starts = np.asarray(data.episode_starts)
+            observations = stack_history(observations, starts[starts < len(rows)], history)
+        parts.append({"observations": observations, "actions": np.asarray(data.actions)[rows]})
         sources.append(str(data.source))
     return sources, parts, spaces
 

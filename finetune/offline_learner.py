@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gymnasium as gym
@@ -28,6 +28,8 @@ import torch
 
 from agents.policies import BCPolicy, PolicyConfig, build_policy, check_loss
 from envs.text import encode_space, has_text
+from finetune import encoder_use
+from finetune.encoder_use import EncoderUse
 from finetune.env_tasks import EnvScorer, EvalSettings, Task, swapped_weights
 from finetune.offline_data import DatasetNames, TaskData, load_task_data, text_tokens, to_tensor
 from retain.device import resolve_device
@@ -70,6 +72,8 @@ class OfflineLearnerConfig:
     max_episodes: int | None = None
     """train on at most the first this many episodes of each dataset (few-shot settings)"""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    encoder: EncoderUse = field(default_factory=EncoderUse)
+    """a pretrained observation encoder (``path``), frozen or trained with the head, or a fresh one (scratch)"""
     dataset: DatasetNames = field(default_factory=DatasetNames)
     precision: str = "fp32"
     """fp32 | bf16 | auto: bf16 autocast (retain.training.precision)"""
@@ -104,18 +108,30 @@ class OfflineLearner:
         self._check(cfg)
         self.device = resolve_device(device)
         self.bf16 = use_bf16(cfg.precision, self.device)
-        self.sources, parts, spaces = load_task_data(tasks, cfg.dataset, sequence, cfg.max_episodes)
+        history = encoder_use.history(cfg.encoder)
+        self.sources, parts, spaces = load_task_data(tasks, cfg.dataset, sequence, cfg.max_episodes, history)
         check_loss(cfg.loss, isinstance(spaces[1], gym.spaces.Discrete))
         self.observation_space, self.action_space = spaces
+        self.encoder = encoder_use.build(cfg.encoder, self.observation_space, f"task {tasks[0].name!r}", self.device)
+        self.frozen = self.encoder if self.encoder is not None and cfg.encoder.freeze and cfg.encoder.path else None
         self.data = TaskData(parts, self.device)
+        if self.frozen is not None:  # the paper's protocol: the data encoded once, the head trains on latents
+            self.data.obs = encoder_use.encode_all(self.frozen, self.data.obs)
         text = has_text(self.observation_space)
-        eval_tasks = [Task(t.name, text_tokens(t.env) if text else t.env, t.steps) for t in tasks]
-        extra = {
-            k: [Task(t.name, text_tokens(t.env) if text else t.env, t.steps) for t in v]
-            for k, v in (extra or {}).items()
-        }
+
+        def eval_env(spec):
+            spec = text_tokens(spec) if text else spec
+            return replace(spec, frame_stack=history) if history > 1 else spec
+
+        eval_tasks = [Task(t.name, eval_env(t.env), t.steps) for t in tasks]
+        extra = {k: [Task(t.name, eval_env(t.env), t.steps) for t in v] for k, v in (extra or {}).items()}
         self.scorer = EnvScorer(eval_tasks, evaluation, metric, seed, extra)
-        self.policy_space = encode_space(self.observation_space)
+        if self.frozen is not None:
+            self.policy_space = encoder_use.latent_space(self.frozen)
+        elif self.encoder is not None:
+            self.policy_space = encoder_use.stacked_space(self.observation_space, history)
+        else:
+            self.policy_space = encode_space(self.observation_space)
         self._start()
 
     def _start(self) -> None:
@@ -150,7 +166,12 @@ class OfflineLearner:
             torch.manual_seed(derive_seed(self.seed, "model", task))
             n_tasks = len(self.tasks) if self.cfg.task_id else 0
             heads = len(self.tasks) if self.cfg.multihead else 1
-            policy = build_policy(self.policy_space, self.action_space, self.cfg.policy, self.cfg.loss, n_tasks, heads)
+            encoder = None
+            if self.encoder is not None and self.frozen is None:  # trained end to end: a fresh copy per model
+                encoder = encoder_use.fresh_copy(self.cfg.encoder, self.encoder, self.observation_space)
+            policy = build_policy(
+                self.policy_space, self.action_space, self.cfg.policy, self.cfg.loss, n_tasks, heads, encoder
+            )
         return policy.to(device or self.device)
 
     def _optimizer(self, task: int):
@@ -260,6 +281,8 @@ class OfflineLearner:
     def _obs_tensor(self, obs) -> Any:
         if isinstance(obs, dict):
             return {k: to_tensor(v, self.device) for k, v in obs.items()}
+        if self.frozen is not None:
+            return encoder_use.encode_all(self.frozen, to_tensor(obs, self.device))
         return to_tensor(obs, self.device)
 
     def _act(self, obs, task: int = -1) -> np.ndarray:
@@ -392,6 +415,7 @@ class OfflineLearner:
         return [
             f"- offline BC: {c.updates_per_task} updates/task, batch {c.batch_size}, lr {c.lr} ({c.schedule.name}), "
             f"loss `{self.policy.loss_kind}`, policy `{json.dumps(c.policy.__dict__)}`",
+            *encoder_use.describe(c.encoder, self.encoder),
             "- datasets: " + ", ".join(f"`{s}`" for s in self.sources),
         ]
 
