@@ -241,3 +241,13 @@ def stacked_space(frame: gym.spaces.Box, history: int) -> gym.spaces.Box:
     low = np.repeat(frame.low[None], history, axis=0)
     high = np.repeat(frame.high[None], history, axis=0)
     return gym.spaces.Box(low, high, dtype=frame.dtype)
+
+
+def stack_history(obs: np.ndarray, episode_starts: np.ndarray, history: int) -> np.ndarray:
+    """(N, *frame) observations → (N, history, *frame), the oldest first, each episode's first one repeated
+    before it."""
+    rows = np.arange(len(obs))
+    starts = np.asarray(episode_starts, dtype=np.int64)
+    first = starts[np.searchsorted(starts, rows, side="right") - 1]
+    index = np.maximum(rows[:, None] - np.arange(history - 1, -1, -1)[None, :], first[:, None])
+    return obs[index]

@@ -96,16 +96,6 @@ def describe(use: EncoderUse, encoder: Encoder | None) -> list[str]:
     return [f"- encoder: `{use.path}` (objective `{objective}`, {arch}), {how}"]
 
 
-def stack_history(obs: np.ndarray, episode_starts: np.ndarray, history: int) -> np.ndarray:
-    """(N, *frame) observations → (N, history, *frame), the oldest first, each episode's first one repeated
-    before it."""
-    rows = np.arange(len(obs))
-    starts = np.asarray(episode_starts, dtype=np.int64)
-    first = starts[np.searchsorted(starts, rows, side="right") - 1]
-    index = np.maximum(rows[:, None] - np.arange(history - 1, -1, -1)[None, :], first[:, None])
-    return obs[index]
-
-
 @torch.no_grad()
 def encode_all(encoder: Encoder, obs: torch.Tensor, batch: int = 2048) -> torch.Tensor:
     """Every row of ``obs`` through the (frozen, eval-mode) encoder, in batches."""

@@ -115,7 +115,7 @@ def load_task_data(
     tasks: list[Task], names: DatasetNames, sequence: str | None, max_episodes: int | None, history: int = 1
 ) -> tuple[list[str], list[dict], tuple[gym.Space, gym.Space]]:
     """Every task's dataset, checked against the task's env before anything trains; with ``history`` > 1 each
-    row's observation is the ``history`` observations ending at it (``finetune.encoder_use.stack_history``)."""
+    row's observation is the ``history`` observations ending at it (``agents.encoders.stack_history``)."""
     sources, parts, spaces = [], [], None
     if names.path and len(tasks) > 1:
         raise ConfigError(
@@ -138,7 +138,7 @@ def load_task_data(
         rows = _first_episodes(data, max_episodes)
         observations = _take(_encode_obs(env_spaces[0], data.observations), rows)
         if history > 1:
-            from finetune.encoder_use import stack_history
+            from agents.encoders import stack_history
 
             starts = np.asarray(data.episode_starts)
             observations = stack_history(observations, starts[starts < len(rows)], history)

@@ -9,13 +9,18 @@ Continual methods reach SB3's own ``train()`` without a fork: a loss penalty and
 an optimizer step pre-hook (``register_step_pre_hook``) on each of the algorithm's optimizers — the penalty's
 gradient is added to ``.grad`` right before the step (after SB3's gradient clipping, for PPO/A2C).
 ``stepping`` names the parameters of the optimizer stepping (SAC steps its critic and its actor apart).
+
+``learner.encoder.path`` starts the policy from a pretrained observation encoder (``agents.sb3_encoder``):
+its features extractor, frozen (the default: weights that neither optimizers, target updates nor methods
+touch) or tuned; with an encoder that reads a history, every training and evaluation env stacks frames.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -35,6 +40,17 @@ from retain.seeding import derive_seed, seed_everything
 
 
 @dataclass
+class Sb3EncoderUse:
+    """``learner.encoder``: a pretrained observation encoder (``retain pretrain``'s model/ folder) as the SB3
+    policy's features extractor (``agents.sb3_encoder``; learner=offline's is ``finetune.encoder_use``)."""
+
+    path: str | None = None
+    """the encoder folder; None: SB3's own extractor (flatten for states, NatureCNN for CnnPolicy)"""
+    freeze: bool = True
+    """keep the encoder's weights fixed (only the policy's heads train); false: tune it with the policy"""
+
+
+@dataclass
 class Sb3LearnerConfig:
     """``learner=sb3``: online RL with the SB3 algorithm of the ``agent/`` group."""
 
@@ -42,6 +58,8 @@ class Sb3LearnerConfig:
     """the learner (sb3 | offline)"""
     reset_replay_buffer: bool = True
     """off-policy agents: empty the replay buffer when the task changes (Continual World's default)"""
+    encoder: Sb3EncoderUse = field(default_factory=Sb3EncoderUse)
+    """start the policy from a pretrained encoder (``learner.encoder.path``), frozen or tuned"""
 
 
 def _minibatches(model) -> int:
@@ -126,6 +144,9 @@ class Sb3Learner:
             )
         if agent.task_id:  # each task's envs append its one-hot id (Continual World's setting)
             tasks = [replace(t, env=replace(t.env, one_hot_task=[j, len(tasks)])) for j, t in enumerate(tasks)]
+        self.encoder_info = ""
+        if cfg.encoder.path is not None:
+            tasks, extra, agent = self._use_encoder(tasks, extra or {}, agent, cfg.encoder)
         self.task_list, self.agent, self.cfg = tasks, agent, cfg
         self.tasks = self.eval_tasks = [t.name for t in tasks]
         self.metric, self.seed, self.device = metric, seed, device
@@ -139,6 +160,54 @@ class Sb3Learner:
         self.bar = None
         self.model_task = 0
         self.model: BaseAlgorithm = self._new_model(0, [0])
+
+    def _use_encoder(
+        self, tasks: list[Task], extra: dict[str, list[Task]], agent: AgentConfig, use: Sb3EncoderUse
+    ) -> tuple[list[Task], dict[str, list[Task]], AgentConfig]:
+        """The tasks (their observations stacked as the encoder's history wants) and the agent whose policy
+        extracts features with the pretrained encoder; checked before anything is written."""
+        from agents.encoders import check_fits, load_encoder
+        from agents.sb3_encoder import encoder_policy_kwargs
+        from envs.registry import make_env
+
+        path = str(Path(use.path).expanduser().resolve())
+        encoder = load_encoder(path)  # a wrong path or a damaged file: one line
+        if agent.task_id:
+            raise ConfigError(
+                "agent.task_id appends a one-hot task id to observations, which the pretrained encoder does not take",
+                "set agent.task_id=false with learner.encoder.path",
+            )
+        clash = {"features_extractor_class", "features_extractor_kwargs"} & set(agent.policy_kwargs)
+        if clash:
+            raise ConfigError(
+                f"agent.policy_kwargs sets {', '.join(sorted(clash))} and learner.encoder.path sets the extractor too",
+                "drop one of them",
+            )
+        history = encoder.cfg.history
+        if history > 1:  # the encoder reads `history` consecutive observations: the envs stack them
+
+            def stacked(ts: list[Task]) -> list[Task]:
+                for t in ts:
+                    if t.env.frame_stack not in (None, 1, history):
+                        raise ConfigError(
+                            f"task {t.name!r} stacks {t.env.frame_stack} frames but the encoder reads {history}",
+                            "drop env.frame_stack: the learner stacks what the encoder reads",
+                        )
+                return [replace(t, env=replace(t.env, frame_stack=history)) for t in ts]
+
+            tasks, extra = stacked(tasks), {name: stacked(ts) for name, ts in extra.items()}
+        env = make_env(tasks[0].env, monitor=False)()  # the tasks share their spaces (build_tasks checked)
+        try:
+            check_fits(encoder, env.observation_space, f"task {tasks[0].name!r}")
+        finally:
+            env.close()
+        kwargs = encoder_policy_kwargs(path, use.freeze)
+        agent = replace(agent, policy_kwargs={**agent.policy_kwargs, **kwargs})
+        self.encoder_info = (
+            f"- encoder: `{path}` ({'frozen' if use.freeze else 'trainable'}; {encoder.cfg.kind}, "
+            f"latent {encoder.dim}" + (f", {history} stacked frames" if history > 1 else "") + ")"
+        )
+        return tasks, extra, agent
 
     # -- models and envs ---------------------------------------------------------------------------------
 
@@ -444,7 +513,7 @@ class Sb3Learner:
         return [
             f"- agent: `{a.algo}` `{a.policy}` ×{a.n_envs} envs; replay buffer reset per task: {self.cfg.reset_replay_buffer}",
             f"- hyper-parameters: `{json.dumps(a.hyperparams)}`",
-        ]
+        ] + ([self.encoder_info] if self.encoder_info else [])
 
     def summary(self, results: dict) -> dict[str, Any]:
         return {"agent": self.agent.algo}

@@ -41,7 +41,12 @@ JOBS: dict[str, Job] = {
     "pretrain": Job(
         "pretrain.job:run_pretrain",
         "pretrain.job:PretrainJobConfig",
-        "pretrain a shared module on multi-task offline data (objective=dt); writes a shareable model folder",
+        "pretrain a shared module on multi-task offline data (objective=dt|idm|bc|fd|...); writes a model folder",
+    ),
+    "label": Job(
+        "pretrain.label:run_label",
+        "pretrain.label:LabelJobConfig",
+        "pseudo-label action-free observations with an inverse-dynamics model (VPT); loop.enabled=true: the loop",
     ),
     "cpt": Job(
         "pretrain.cpt.job:run_cpt",
