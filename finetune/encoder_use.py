@@ -47,6 +47,9 @@ class EncoderUse:
     """no path: a freshly initialized encoder of ``arch``, trained end to end (the "from scratch" baseline)"""
     arch: EncoderConfig = field(default_factory=EncoderConfig)
     """scratch=true: its architecture (as objective.encoder)"""
+    root: str = "runs/pretrain/idm_pointmass"
+    """where the ``representation/`` group's options find pretrained encoders (``<objective>_seed0/model``, as
+    the pretraining presets' sweeps write them); not read otherwise"""
 
 
 def check_use(use: EncoderUse) -> None:

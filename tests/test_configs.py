@@ -103,10 +103,12 @@ def test_logger_options_open_trackers(option, tmp_path):
     assert isinstance(OmegaConf.to_object(cfg.logger), LoggerConfig)
 
 
-@pytest.mark.parametrize("option", [o for o in options("experiment") if not o.startswith(("cpt_", "cw_", "l2m_"))])
+@pytest.mark.parametrize(
+    "option", [o for o in options("experiment") if not o.startswith(("cpt_", "cw_", "l2m_", "idm_", "vpt_"))]
+)
 def test_experiment_presets_compose_and_build(
     option,
-):  # cpt_*, cw_*, l2m_*: test_cpt_presets, test_cw_presets, test_l2m_presets
+):  # cpt_*, cw_*, l2m_*, idm_*, vpt_*: test_cpt_presets, test_cw_presets, test_l2m_presets, test_idm_presets
     cfg = load_config("sequence", [f"experiment={option}"])
     assert build_tasks(cfg)
 
