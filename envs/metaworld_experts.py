@@ -130,8 +130,9 @@ class MetaWorldExpert:
     """Meta-World's scripted policy for one v3 task, as an ``Expert``.
 
     ``act`` reads only the 39-d observation (hand, gripper, objects, goal), so the expert needs the goal
-    to be observable, as it is in ``Meta-World/MT1``. The policies keep no state between steps or
-    episodes (none of metaworld 3.1.1's defines attributes), so ``reset`` does nothing.
+    to be observable, as it is in ``Meta-World/MT1``; in an env with pixel observations it reads the state
+    behind the frame (``envs.registry.PixelObservation.state``). The policies keep no state between steps or
+    episodes (none of metaworld 3.1.1's defines attributes).
     """
 
     def __init__(self, task: str):
@@ -139,9 +140,17 @@ class MetaWorldExpert:
         self.task = task
         self.policy = _policy_class(task)()
         self.name = f"metaworld:{task}"
+        self.pixels = None
 
     def reset(self, env: gym.Env, obs: Any, info: dict) -> None:
-        """Nothing to do: the scripted policies are stateless."""
+        """Find the wrapper that holds the state behind pixel observations, if any (the policies are stateless)."""
+        from envs.registry import PixelObservation
+
+        self.pixels, inner = None, env
+        while isinstance(inner, gym.Wrapper):
+            if isinstance(inner, PixelObservation):
+                self.pixels = inner
+            inner = inner.env
 
     def act(self, obs: Any, info: dict) -> np.ndarray:
         """The policy's action for ``obs``, as float32 clipped to the action space [-1, 1]^4.
@@ -149,6 +158,8 @@ class MetaWorldExpert:
         ``ValueError`` if ``obs`` is not the 39-d Meta-World observation (e.g. one with a one-hot task id).
         """
         obs = np.asarray(obs, dtype=np.float64)
+        if self.pixels is not None and obs.shape != (OBS_DIM,):  # a frame: act on the state behind it
+            obs = np.asarray(self.pixels.state, dtype=np.float64)
         if obs.shape != (OBS_DIM,):
             raise ValueError(
                 f"{self.name} expects one {OBS_DIM}-d Meta-World observation, got shape {obs.shape}; "

@@ -118,13 +118,16 @@ class SeededTaskVariant(gym.Wrapper):
 
 
 class PixelObservation(gym.ObservationWrapper):
-    """Replace the observation by the rendered frame (uint8, size×size×3)."""
+    """Replace the observation by the rendered frame (uint8, size×size×3); ``state`` keeps the env's own
+    observation behind it (experts that act on states, such as Meta-World's scripted ones, read it)."""
 
     def __init__(self, env: gym.Env, size: int):
         super().__init__(env)
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.state = None
 
     def observation(self, observation):
+        self.state = observation
         return np.ascontiguousarray(self.env.render(), dtype=np.uint8)
 
 

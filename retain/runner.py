@@ -190,6 +190,8 @@ class Runner:
         self.started = started if started is not None else time.perf_counter()
         self.plans = [task_plan(learner.budget(i), learner.granularity(i), self.schedule) for i in range(self.T)]
         self.seconds = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+        self._scored: dict[int, tuple[dict, TaskScore]] = {}
+        """per eval task, the method's weights it was last scored with and the score (see ``_evaluate``)"""
 
     @property
     def T(self) -> int:
@@ -205,7 +207,16 @@ class Runner:
         """Score eval tasks ``indices`` with the weights the method picks, log them and add them to the curves."""
         t0 = time.perf_counter()
         weights = {j: self.method.eval_weights(self, current, j) for j in indices}
-        scores = self.learner.evaluate(indices, weights)
+        # evaluations are seeded per task, so the very weights object a method hands out again (reset's model of
+        # a finished task, a fresh model before its task) scores what it scored: reuse it instead of re-running
+        known = {
+            j: self._scored[j][1]
+            for j in indices
+            if weights[j] is not None and j in self._scored and self._scored[j][0] is weights[j]
+        }
+        todo = [j for j in indices if j not in known]
+        scores = {**(self.learner.evaluate(todo, {j: weights[j] for j in todo}) if todo else {}), **known}
+        self._scored.update({j: (weights[j], scores[j]) for j in todo if weights[j] is not None})
         seconds = time.perf_counter() - t0
         self.seconds["eval"] += seconds
         step = self.learner.global_step

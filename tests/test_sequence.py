@@ -77,7 +77,14 @@ def test_finetune_forgets_the_conflicting_default_sequence(tmp_path):
     assert summary["forgetting"] > 0.3, summary  # the first task is learnt, then overwritten
 
 
-def test_reset_neither_forgets_nor_transfers(tmp_path):
+def test_reset_neither_forgets_nor_transfers(tmp_path, monkeypatch):
+    from finetune.sb3_learner import Sb3Learner
+
+    evaluated = []
+    evaluate = Sb3Learner.evaluate
+    monkeypatch.setattr(
+        Sb3Learner, "evaluate", lambda self, tasks, w: evaluated.extend(tasks) or evaluate(self, tasks, w)
+    )
     summary, run_dir = run(
         tmp_path, "reset", "method=reset", "sequence.steps_per_task=10240", "chunks_per_task=1", "eval.during=none"
     )
@@ -85,6 +92,10 @@ def test_reset_neither_forgets_nor_transfers(tmp_path):
     R = results["matrix"]
     assert summary["forgetting"] == 0.0 and summary["forward_transfer"] == 0.0
     assert R[2][0] == R[0][0] and R[2][1] == R[1][1]  # each task keeps its own model
+    # a finished task's model (and a fresh one) is scored once, then its score is reused: the 3 fresh models
+    # before the sequence; task 0's end; then per task its start (the model just finished, the fresh current one)
+    # and its end (the current one): 3 + 1 + 2 + 1 + 2 + 1, where scoring every task every time takes 18
+    assert evaluated == [0, 1, 2, 0, 0, 1, 1, 1, 2, 2]
 
 
 def test_sb3_chunks_are_whole_iterations():

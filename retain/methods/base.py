@@ -85,7 +85,8 @@ class Method:
 
     def eval_weights(self, run: Runner, current: int, task: int) -> dict[str, torch.Tensor] | None:
         """The weights to score ``task`` with while training ``current`` (-1: before the sequence); None: the
-        current weights, as a single-model method does."""
+        current weights, as a single-model method does. Handing out the same dict object again promises the same
+        weights: the runner then reuses that task's last score with them instead of evaluating again."""
         return None
 
     def state_dict(self) -> dict:
