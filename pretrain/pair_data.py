@@ -101,10 +101,11 @@ class PairData:
 
     def frames(self, rows: torch.Tensor) -> torch.Tensor:
         """The encoder inputs of ``rows``: (B, *frame), or (B, history, *frame) with a history."""
-        if self.history == 1:
-            return self.obs[rows]
-        index = torch.maximum(rows[:, None] - self._back, self.first[rows][:, None])
-        return self.obs[index]
+        if self.history > 1:
+            rows = torch.maximum(rows[:, None] - self._back, self.first[rows][:, None])
+        # one index_select over flattened frames: advanced indexing of uint8 frames is ~30x slower on CPU
+        flat = self.obs.view(len(self.obs), -1).index_select(0, rows.reshape(-1))
+        return flat.view(*rows.shape, *self.obs.shape[1:])
 
     def pairs(self, rows: torch.Tensor, tasks: torch.Tensor, gap: torch.Tensor | int | None = None) -> dict:
         """``obs`` (inputs at t), ``next`` (inputs at t + gap, default n_step), ``action`` (aₜ), ``task``."""
