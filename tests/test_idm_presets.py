@@ -71,59 +71,32 @@ def test_sb3_and_vpt_presets_compose():
 
 @pytest.mark.slow
 def test_idm_metaworld_end_to_end_at_a_tiny_budget(tmp_path, monkeypatch):
-    """Collect 84-px Meta-World frames of all 40 + 10 tasks, pretrain ID, tune a head on each held-out task."""
+    """The presets' pipeline on 84-px Meta-World frames: collect (two pretraining and two held-out tasks of the
+    presets' splits: rendering runs at ~16 frames/s on a CPU), pretrain ID, tune a head per held-out task."""
     from envs.collect import run_collect
     from finetune.sequence import run_sequence
     from pretrain.job import run_pretrain
 
+    def first_two(cfg):
+        cfg.sequence.tasks = cfg.sequence.tasks[:2]
+        return cfg
+
     monkeypatch.setenv("RETAIN_DATA", str(tmp_path / "data"))
     for sequence in ("mt40_pretrain_pixels", "cw10_pixels"):
-        run_collect(
-            load_config(
-                "collect",
-                [
-                    f"sequence={sequence}",
-                    "episodes=1",
-                    "max_episode_steps=6",
-                    "dataset.ref_episodes=1",
-                    "workers=2",
-                    "progress=false",
-                    f"run_dir={tmp_path / sequence}",
-                ],
-            )
-        )
+        collect = [f"sequence={sequence}", "episodes=2", "max_episode_steps=5", "dataset.ref_episodes=1"]
+        run_collect(first_two(load_config("collect", [*collect, "progress=false", f"run_dir={tmp_path / sequence}"])))
     tiny = ["objective.encoder.channels=[4]", "objective.encoder.strides=[4]", "objective.encoder.keypoints=4"]
+    pretrain = ["objective=idm", "objective.updates=2", "objective.batch_size=8", "chunks_per_task=1", *tiny]
     summary = run_pretrain(
-        load_config(
-            "pretrain",
-            [
-                "experiment=idm_metaworld_pretrain",
-                "hydra.mode=RUN",
-                "objective=idm",
-                "objective.updates=2",
-                "objective.batch_size=8",
-                "objective.val_fraction=0",
-                "chunks_per_task=1",
-                "eval.during=none",
-                *tiny,
-                f"run_dir={tmp_path / 'encoders' / 'idm_seed0'}",
-            ],
+        first_two(
+            load_config(
+                "pretrain",
+                ["experiment=idm_metaworld_pretrain", *pretrain, f"run_dir={tmp_path / 'encoders' / 'idm_seed0'}"],
+            )
         )
     )
     assert summary["steps"] == 2
-    result = run_sequence(
-        load_config(
-            "sequence",
-            [
-                "experiment=idm_metaworld",
-                "hydra.mode=RUN",
-                "+representation=idm",
-                "learner.max_episodes=1",
-                "learner.updates_per_task=2",
-                "sequence.eval_episodes=1",
-                f"learner.encoder.root={tmp_path / 'encoders'}",
-                f"run_dir={tmp_path / 'tune'}",
-            ],
-        )
-    )
-    assert len(result["per_task"]["final"]) == 10
+    tune = ["+representation=idm", "learner.max_episodes=1", "learner.updates_per_task=2", "sequence.eval_episodes=1"]
+    where = [f"learner.encoder.root={tmp_path / 'encoders'}", f"run_dir={tmp_path / 'tune'}"]
+    result = run_sequence(first_two(load_config("sequence", ["experiment=idm_metaworld", *tune, *where])))
+    assert len(result["per_task"]["final"]) == 2
