@@ -3,7 +3,7 @@ retain's trainer vs a plain PyTorch ``Dataset`` + ``DataLoader`` loop over the s
 and the same objective, measured side by side (alternating repeats) in one process on CPU.
 
     python benchmarks/pretrain_throughput.py [--states | --pixels] [--objective idm] [--episodes 50]
-        [--batch-size 256] [--updates N] [--repeats 3] [--threads 2] [--workers 0]
+        [--batch-size 256] [--updates N] [--repeats 3] [--threads 2] [--workers 0] [--set KEY=VALUE ...]
 
 Data: ``retain collect sequence=pointmass_pretrain`` (--states: 4-d states) or ``pointmass_pretrain_pixels``
 (--pixels: 64x64x3 uint8 frames), written into a temporary RETAIN_DATA; one task, ``random_goals``, 100 steps
@@ -143,6 +143,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (try 2)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        help="more `retain pretrain` overrides, e.g. the CPU preset's encoder: objective.encoder.channels=[16,32,32] "
+        "objective.encoder.strides=[2,2,1] objective.encoder.keypoints=32 objective.encoder.history=2",
+    )
     args = parser.parse_args()
     updates = args.updates or (4 if args.pixels else 300)
     warmup = args.warmup if args.warmup is not None else max(1, updates // 3)
@@ -174,6 +181,7 @@ def main() -> None:
                 "device=cpu",
                 f"run_dir={tmp}/run",
                 "progress=false",
+                *args.set,
             ],
         )
         objective = objective_config(cfg)

@@ -83,7 +83,7 @@ def test_idm_metaworld_end_to_end_at_a_tiny_budget(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RETAIN_DATA", str(tmp_path / "data"))
     for sequence in ("mt40_pretrain_pixels", "cw10_pixels"):
-        collect = [f"sequence={sequence}", "episodes=2", "max_episode_steps=5", "dataset.ref_episodes=1"]
+        collect = [f"sequence={sequence}", "episodes=2", "max_episode_steps=5", "dataset.ref_episodes=1", "workers=1"]
         run_collect(first_two(load_config("collect", [*collect, "progress=false", f"run_dir={tmp_path / sequence}"])))
     tiny = ["objective.encoder.channels=[4]", "objective.encoder.strides=[4]", "objective.encoder.keypoints=4"]
     pretrain = ["objective=idm", "objective.updates=2", "objective.batch_size=8", "chunks_per_task=1", *tiny]
