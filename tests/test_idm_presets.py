@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from finetune.sequence import build_tasks
+from finetune.offline_learner import OfflineLearnerConfig
+from finetune.sequence import _learner_config, build_tasks
 from retain.config import config_dir, load_config
 
 OBJECTIVES = ("idm", "bc", "fd", "fd_contrastive", "contrastive")
@@ -22,7 +23,8 @@ def test_few_shot_rows_point_at_the_pretraining_sweep(scale):
     assert sweep["sweeper"]["params"]["objective"] == ",".join(OBJECTIVES)
     for objective in OBJECTIVES:
         row = load_config("sequence", [f"experiment=idm_{scale}", f"+representation={objective}"])
-        assert row.learner.encoder.path == f"{root}/{objective}_seed0/model" and row.learner.encoder.freeze
+        learner = _learner_config(row, OfflineLearnerConfig)  # as the job reads it: the learner node on its own
+        assert learner.encoder.path == f"{root}/{objective}_seed0/model" and learner.encoder.freeze
         assert row.method.name == "reset" and not row.learner.task_id
     scratch = load_config("sequence", [f"experiment=idm_{scale}", "+representation=scratch"])
     assert scratch.learner.encoder.scratch and scratch.learner.encoder.path is None
