@@ -223,6 +223,24 @@ def _method_label(cfg: DictConfig) -> str:
     return adapter if cfg.method.name == "finetune" else f"{adapter}+{cfg.method.name}"
 
 
+def _learner_label(cfg: DictConfig) -> list[str]:
+    """What sets a run's learner apart in reports: its name (but sb3, the default), the encoder it starts from
+    (the pretraining objective, frozen or tuned; or one from scratch) and a few-shot demo count (``k=``)."""
+    learner = cfg.learner
+    parts = [learner.name] if learner.name != "sb3" else []
+    encoder = learner.get("encoder") or {}
+    if encoder.get("path"):
+        from agents.encoders import read_encoder_config
+
+        objective = read_encoder_config(encoder.path)[1].get("objective", "pretrained")
+        parts.append(f"{objective} encoder, {'frozen' if encoder.get('freeze', True) else 'tuned'}")
+    elif encoder.get("scratch"):
+        parts.append("encoder from scratch")
+    if learner.get("max_episodes"):
+        parts.append(f"k={learner.max_episodes}")
+    return parts
+
+
 def run_sequence(cfg: DictConfig, stop_after: int | None = None) -> dict:
     """Train the sequence, fill R, and write results, summary and report into ``cfg.run_dir``; returns the
     summary. ``stop_after`` (tests) stops after that many units as if the process were killed: ``{"stopped": True}``."""
@@ -239,8 +257,7 @@ def run_sequence(cfg: DictConfig, stop_after: int | None = None) -> dict:
             job="sequence",
             config=to_container(cfg),
             summary={
-                "label": f"{_method_label(cfg)} · {cfg.sequence.name}"
-                + (f" · {cfg.learner.name}" if cfg.learner.name != "sb3" else ""),
+                "label": " · ".join([_method_label(cfg), cfg.sequence.name, *_learner_label(cfg)]),
                 "sequence": cfg.sequence.name,
                 "method": _method_label(cfg),
                 "adapter": cfg.adapter.name,
