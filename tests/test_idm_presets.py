@@ -4,6 +4,8 @@ sweep writes; and (slow) idm_metaworld end to end at a tiny budget."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -100,5 +102,7 @@ def test_idm_metaworld_end_to_end_at_a_tiny_budget(tmp_path, monkeypatch):
     assert summary["steps"] == 2
     tune = ["+representation=idm", "learner.max_episodes=1", "learner.updates_per_task=2", "sequence.eval_episodes=1"]
     where = [f"learner.encoder.root={tmp_path / 'encoders'}", f"run_dir={tmp_path / 'tune'}"]
-    result = run_sequence(first_two(load_config("sequence", ["experiment=idm_metaworld", *tune, *where])))
-    assert len(result["per_task"]["final"]) == 2
+    summary = run_sequence(first_two(load_config("sequence", ["experiment=idm_metaworld", *tune, *where])))
+    assert "idm encoder, frozen" in summary["label"] and 0.0 <= summary["average"] <= 1.0
+    results = json.loads((tmp_path / "tune" / "results.json").read_text())
+    assert results["tasks"] == ["hammer", "push-wall"] and len(results["matrix"]) == 2
