@@ -71,6 +71,8 @@ def test_sb3_and_vpt_presets_compose():
         assert row.agent.algo == "SAC" and row.sequence.name == "pointmass_heldout4"
     vpt = load_config("label", ["experiment=vpt_pointmass"])
     assert vpt.loop.enabled and vpt.loop.dataset == "vpt/pointmass/expert-v0"
+    fast = load_config("label", ["experiment=vpt_pointmass", "debug=fast_label"])  # what `debug=fast` picks
+    assert fast.loop.enabled and "objective.updates=20" in fast.loop.idm and fast.loop.eval_episodes == 2
 
 
 @pytest.mark.slow
