@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/retain demo $(ARGS)
 
 # the suite CI runs (8-14 min on 2 cores, as the machine goes); tests marked slow (CW10/CW20 smokes, the cw_table
-# sweep, every mt40 task built, compiled training, preset sweeps, the l2m_cw10 smoke, DDP: ~20 min more) run with `make test-all`
+# sweep, every mt40 task built, compiled training, preset sweeps, the l2m_cw10 and idm_metaworld smokes, DDP: ~22 min more) run with `make test-all`
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" --durations=15 $(ARGS)
 
