@@ -20,12 +20,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from envs.datasets import dataset_path, episode_buffer, sequence_dataset_id, write_action_free, write_dataset
 from envs.experts import NoisyExpert, RandomExpert, Sb3Expert, expert_kind, make_expert, train_sb3_expert
 from envs.registry import check_env_spec, make_env
-from envs.spec import EnvSpec, SequenceConfig, TaskConfig
+from envs.spec import EnvSpec, SequenceConfig, TaskConfig, task_configs
 from retain.config import RunConfig, to_container
 from retain.errors import ConfigError, DatasetError
 from retain.rundir import prepare_run_dir, write_summary
@@ -166,11 +166,7 @@ def _mean_return(spec: EnvSpec, expert, seeds: list[int]) -> float:
 
 
 def _tasks(cfg: DictConfig) -> list[TaskConfig]:
-    if cfg.sequence.from_env:
-        env = OmegaConf.to_object(cfg.env)
-        tasks = [TaskConfig(name=env.name or "task", env=env)]
-    else:
-        tasks = [OmegaConf.to_object(t) for t in cfg.sequence.tasks]
+    tasks = task_configs(cfg)
     if not tasks:
         raise ConfigError(
             f"sequence {cfg.sequence.name!r} has no tasks", "choose sequence=<name> or env=<name> with sequence=single"

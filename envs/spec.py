@@ -74,3 +74,14 @@ class SequenceConfig:
     """the score filled into the results matrix: success | return | normalized_return (needs ref scores per env)"""
     eval_episodes: int = 10
     """episodes per task per evaluation"""
+
+
+def task_configs(cfg: Any) -> list[TaskConfig]:
+    """The typed tasks of a job config: ``cfg.sequence.tasks``, or for ``sequence=single`` the one task of
+    ``cfg.env`` (named after it). Not checked here: each job checks what it needs."""
+    from omegaconf import OmegaConf
+
+    if cfg.sequence.from_env:
+        env = OmegaConf.to_object(cfg.env)
+        return [TaskConfig(name=env.name or "task", env=env)]
+    return [OmegaConf.to_object(t) for t in cfg.sequence.tasks]

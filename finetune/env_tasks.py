@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from envs.evaluation import METRICS, TaskSetEvaluator
 from envs.registry import check_env_spec, make_env
-from envs.spec import EnvSpec, TaskConfig
+from envs.spec import EnvSpec, task_configs
 from retain.errors import ConfigError
 from retain.learner import TaskScore
 from retain.seeding import derive_seed
@@ -50,11 +50,7 @@ def sequence_tasks(cfg: DictConfig) -> list[Task]:
     """The tasks of ``cfg.sequence`` (or the one task of ``cfg.env`` for sequence=single), their names,
     budgets and metric checked; envs are not built here (see ``check_spaces``)."""
     seq = cfg.sequence
-    if seq.from_env:
-        env = OmegaConf.to_object(cfg.env)
-        seq_tasks = [TaskConfig(name=env.name or "task", env=env)]
-    else:
-        seq_tasks = [OmegaConf.to_object(t) for t in seq.tasks]
+    seq_tasks = task_configs(cfg)
     if not seq_tasks:
         raise ConfigError(f"sequence {seq.name!r} has no tasks", "choose sequence=<name> or list sequence.tasks")
     if seq.metric not in METRICS:

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from envs.spec import TaskConfig
+from envs.spec import TaskConfig, task_configs
 from pretrain.encoder_learner import EncoderPretrainConfig, EncoderPretrainLearner
 from retain.config import to_container
 from retain.errors import ConfigError
@@ -38,11 +38,7 @@ def objective_config(cfg: DictConfig) -> EncoderPretrainConfig:
 
 def pretraining_tasks(cfg: DictConfig) -> list[TaskConfig]:
     """The sequence's tasks (or the one task of ``cfg.env`` for sequence=single), names checked."""
-    if cfg.sequence.from_env:
-        env = OmegaConf.to_object(cfg.env)
-        tasks = [TaskConfig(name=env.name or "task", env=env)]
-    else:
-        tasks = [OmegaConf.to_object(t) for t in cfg.sequence.tasks]
+    tasks = task_configs(cfg)
     names = [t.name for t in tasks]
     if not tasks or len(set(names)) != len(names) or any("/" in n or not n for n in names):
         raise ConfigError(f"pretraining tasks {names}", "give the sequence distinct task names without '/'")
