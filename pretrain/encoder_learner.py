@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.encoders import EncoderConfig, build_encoder, save_encoder
+from agents.encoders import EncoderConfig, build_encoder, encoder_config, save_encoder
 from envs.datasets import dataset_path, load_transitions, sequence_dataset_id
 from envs.spec import TaskConfig
 from pretrain.objectives import OBJECTIVE_CLASSES, Objective, ObjectiveSettings
@@ -124,7 +124,7 @@ class EncoderPretrainLearner:
         parts, self.sources, self.frame_space, self.action_space = load_pairs(
             tasks, cfg.dataset, sequence, cfg.max_episodes
         )
-        self.encoder_cfg = build_encoder(cfg.encoder, self.frame_space).cfg  # checked and completed
+        self.encoder_cfg = encoder_config(cfg.encoder, self.frame_space)  # checked and completed
         history = self.encoder_cfg.history
         self.data = PairData(parts, history, cfg.n_step, self.device, cfg.val_fraction)
         self.hooks, self.log, self.bar = StepHooks(), (lambda metrics, step: None), None
