@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 from gymnasium import spaces
 
 from retain.errors import ConfigError
@@ -93,10 +94,95 @@ class TextMissionWrapper(gym.ObservationWrapper):
         return {"image": observation["image"], "direction": observation["direction"], "mission": mission}
 
 
-def make_babyai(env_id: str, **kwargs: Any) -> gym.Env:
-    """``gym.make(env_id, **kwargs)`` for a BabyAI-*/MiniGrid-* id, wrapped in ``TextMissionWrapper``."""
+def make_babyai(env_id: str, held_out: list[str] | None = None, split: str = "train", **kwargs: Any) -> gym.Env:
+    """``gym.make(env_id, **kwargs)`` for a BabyAI-*/MiniGrid-* id, wrapped in ``TextMissionWrapper``.
+
+    ``held_out`` ("colour type" pairs such as "green ball") splits the level's missions by composition:
+    split "train" draws only missions that name none of the pairs, "test" only missions that name one
+    (``HeldOutMissions``).
+    """
     _import_minigrid()
-    return TextMissionWrapper(gym.make(env_id, **kwargs))
+    if split not in ("train", "test"):
+        raise ConfigError(f"split={split!r} is not a mission split", "use split=train or split=test")
+    env = gym.make(env_id, **kwargs)
+    if held_out:
+        env = HeldOutMissions(env, held_out, split)
+    elif split == "test":
+        raise ConfigError(f"split=test of {env_id} needs held-out pairs", 'set held_out, e.g. ["green ball"]')
+    return TextMissionWrapper(env)
+
+
+class HeldOutMissions(gym.Wrapper):
+    """A BabyAI level that draws only the missions of one split of its (colour, type) compositions.
+
+    Generalization to new compositions (LID's "novel goals") needs missions whose object pairs training
+    never saw. Each ``reset`` draws until the instruction names no held-out pair (split "train") or at
+    least one (split "test"); a draw that does not fit is redrawn with a seed derived from ``seed`` and
+    the draw's number, so a seed still fixes the episode. An object description without a colour or a
+    type ("the red object", "a ball") names no pair. Raises ``ConfigError`` after ``max_draws`` draws
+    that all miss, naming the pairs.
+    """
+
+    def __init__(self, env: gym.Env, held_out: list[str], split: str, max_draws: int = 1000):
+        super().__init__(env)
+        from minigrid.core.constants import COLOR_NAMES
+        from minigrid.envs.babyai.core.roomgrid_level import RoomGridLevel
+
+        if not isinstance(env.unwrapped, RoomGridLevel):
+            raise ConfigError(
+                f"held_out needs a BabyAI level with instructions, not {env.unwrapped}", "use a BabyAI-* id"
+            )
+        if isinstance(held_out, str):
+            held_out = [held_out]
+        pairs = set()
+        for entry in held_out:
+            color, _, kind = str(entry).strip().partition(" ")
+            if color not in COLOR_NAMES or kind not in ("ball", "box", "key", "door"):
+                raise ConfigError(
+                    f"held-out pair {entry!r} is not 'colour type'",
+                    f"write e.g. 'green ball': a colour of {COLOR_NAMES} and a type of ball, box, key, door",
+                )
+            pairs.add((color, kind))
+        if split not in ("train", "test"):
+            raise ConfigError(f"split={split!r} is not a mission split", "use split=train or split=test")
+        self.held_out = frozenset(pairs)
+        self.split = split
+        self.max_draws = max_draws
+
+    @staticmethod
+    def named_pairs(instr: Any) -> set[tuple[str, str]]:
+        """The (colour, type) pairs a BabyAI instruction names, through And/Before/After to every object."""
+        if hasattr(instr, "instr_a"):
+            return HeldOutMissions.named_pairs(instr.instr_a) | HeldOutMissions.named_pairs(instr.instr_b)
+        descs = [getattr(instr, name) for name in ("desc", "desc_move", "desc_fixed") if hasattr(instr, name)]
+        return {(d.color, d.type) for d in descs if d.color is not None and d.type is not None}
+
+    def accepts(self) -> bool:
+        """Whether the mission the level drew belongs to this split."""
+        named = bool(self.named_pairs(self.env.unwrapped.instrs) & self.held_out)
+        return named == (self.split == "test")
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        for draw in range(1, self.max_draws):
+            if self.accepts():
+                return obs, info
+            # Without a seed the level's own generator goes on drawing, as deterministic as it was.
+            redraw = None if seed is None else int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])
+            obs, info = self.env.reset(seed=redraw, options=options)
+        if self.accepts():
+            return obs, info
+        env_id = self.env.spec.id if self.env.spec else type(self.env.unwrapped).__name__
+        pairs = ", ".join(sorted(f"{c} {t}" for c, t in self.held_out))
+        if self.split == "test":
+            raise ConfigError(
+                f"no mission of {env_id} names a held-out pair ({pairs}) in {self.max_draws} draws",
+                "hold out pairs the level can draw",
+            )
+        raise ConfigError(
+            f"every mission of {env_id} named a held-out pair ({pairs}) in {self.max_draws} draws",
+            "hold out fewer pairs, or pairs the level draws less often",
+        )
 
 
 class BabyAIBotExpert:

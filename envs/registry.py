@@ -228,6 +228,39 @@ class OneHotTask(gym.ObservationWrapper):
         return np.concatenate([observation, self.one_hot])
 
 
+class ActionHistory(gym.Wrapper):
+    """Adds ``past_actions`` to a Dict observation: the episode's last ``length`` discrete actions, oldest first,
+    -1 where the episode had not yet taken one (an LM policy reads them as words)."""
+
+    def __init__(self, env: gym.Env, length: int):
+        super().__init__(env)
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Dict) or not isinstance(env.action_space, gym.spaces.Discrete):
+            raise ConfigError(
+                f"an action history needs Dict observations and discrete actions, not {space} / {env.action_space}",
+                "set env.action_history only on BabyAI/MiniGrid tasks",
+            )
+        n = int(env.action_space.n)
+        self.observation_space = gym.spaces.Dict(
+            {**space.spaces, "past_actions": gym.spaces.Box(-1, n - 1, (length,), np.int64)}
+        )
+        self._past = np.full(length, -1, dtype=np.int64)
+
+    def _with_past(self, obs: dict) -> dict:
+        return {**obs, "past_actions": self._past.copy()}
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._past[:] = -1
+        return self._with_past(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._past = np.roll(self._past, -1)
+        self._past[-1] = int(action)
+        return self._with_past(obs), reward, terminated, truncated, info
+
+
 def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
     """A thunk that builds the environment of ``spec`` (wrapped in SB3's Monitor for episode stats).
 
@@ -245,10 +278,16 @@ def make_env(spec: EnvSpec, monitor: bool = True) -> Callable[[], gym.Env]:
             ) from e
         if spec.frame_stack is not None and spec.frame_stack > 1:
             env = gym.wrappers.FrameStackObservation(env, spec.frame_stack, padding_type="reset")
+        if spec.action_history:
+            env = ActionHistory(env, spec.action_history)
         if spec.text_tokens:
             from envs.text import TextTokens
 
             env = TextTokens(env)
+        if spec.text_bytes:
+            from envs.text import TextBytes
+
+            env = TextBytes(env)
         if spec.one_hot_task is not None:
             env = OneHotTask(env, *spec.one_hot_task)
         if spec.end_at_success:

@@ -32,6 +32,12 @@ class EnvSpec:
     text_tokens: bool = False
     """encode text observations (BabyAI missions) as hashed word ids (envs.text), so vectorized envs and
     networks can take them; offline learners set it for their evaluation envs"""
+    text_bytes: bool = False
+    """encode text observations as UTF-8 bytes (envs.text.TextBytes): lossless, for policies that tokenize the
+    text themselves (the LM policy's evaluation envs)"""
+    action_history: int | None = None
+    """add ``past_actions``, the last this many actions (-1 before the episode's first), to Dict observations
+    (envs.registry.ActionHistory): the LM policy's action-history input"""
     one_hot_task: list[int] | None = None
     """[index, count]: append the one-hot id of task ``index`` of ``count`` to (flat Box) observations, as
     Continual World tells its networks the task (the SB3 learner sets it with agent.task_id)"""

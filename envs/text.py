@@ -71,3 +71,56 @@ class TextTokens(gym.ObservationWrapper):
         if isinstance(space, gym.spaces.Dict):
             return {k: self._encode(s, value[k]) for k, s in space.spaces.items()}
         return value
+
+
+# --- text as bytes: lossless, for policies with a tokenizer of their own (LM policies) --------------------
+
+BYTES = 512
+"""Bytes a text part becomes (``envs.babyai.MISSION_MAX_LENGTH``: every BabyAI mission fits)."""
+
+
+def bytes_space(length: int = BYTES) -> gym.spaces.Box:
+    return gym.spaces.Box(0, 255, (length,), np.uint8)
+
+
+def text_to_bytes(text: str, length: int = BYTES) -> np.ndarray:
+    """``text`` as UTF-8 bytes, zero-padded to ``length``; ValueError if it does not fit (nothing is cut)."""
+    raw = str(text).encode()
+    if len(raw) > length:
+        raise ValueError(f"text of {len(raw)} bytes does not fit {length}: {text[:60]!r}...")
+    out = np.zeros(length, dtype=np.uint8)
+    out[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return out
+
+
+def bytes_to_text(rows: np.ndarray) -> list[str]:
+    """The strings of a (N, length) or (length,) byte array written by ``text_to_bytes``."""
+    rows = np.atleast_2d(np.asarray(rows, dtype=np.uint8))
+    return [row.tobytes().rstrip(b"\0").decode() for row in rows]
+
+
+class TextBytes(gym.ObservationWrapper):
+    """Every Text part of the observation as UTF-8 bytes (a uint8 Box): vectorized envs batch it, and a policy
+    with its own tokenizer (an LM's) reads the exact string back with ``bytes_to_text``."""
+
+    def __init__(self, env: gym.Env, length: int = BYTES):
+        super().__init__(env)
+        self.length = length
+        self.observation_space = self._space(env.observation_space)
+
+    def _space(self, space: gym.Space) -> gym.Space:
+        if isinstance(space, gym.spaces.Text):
+            return bytes_space(self.length)
+        if isinstance(space, gym.spaces.Dict):
+            return gym.spaces.Dict({k: self._space(s) for k, s in space.spaces.items()})
+        return space
+
+    def observation(self, observation):
+        return self._encode(self.env.observation_space, observation)
+
+    def _encode(self, space: gym.Space, value):
+        if isinstance(space, gym.spaces.Text):
+            return text_to_bytes(value, self.length)
+        if isinstance(space, gym.spaces.Dict):
+            return {k: self._encode(s, value[k]) for k, s in space.spaces.items()}
+        return value

@@ -112,10 +112,17 @@ def collect_command(sequence: str | None, task: Task, names: DatasetNames) -> st
 
 
 def load_task_data(
-    tasks: list[Task], names: DatasetNames, sequence: str | None, max_episodes: int | None, history: int = 1
+    tasks: list[Task],
+    names: DatasetNames,
+    sequence: str | None,
+    max_episodes: int | None,
+    history: int = 1,
+    encode_text: bool = True,
 ) -> tuple[list[str], list[dict], tuple[gym.Space, gym.Space]]:
     """Every task's dataset, checked against the task's env before anything trains; with ``history`` > 1 each
-    row's observation is the ``history`` observations ending at it (``agents.encoders.stack_history``)."""
+    row's observation is the ``history`` observations ending at it (``agents.encoders.stack_history``). Text is
+    hashed into word ids (``envs.text``) unless ``encode_text`` is false (policies with their own tokenizer).
+    Each part holds ``observations``, ``actions`` and ``starts`` (the rows where its episodes begin)."""
     sources, parts, spaces = [], [], None
     if names.path and len(tasks) > 1:
         raise ConfigError(
@@ -136,13 +143,15 @@ def load_task_data(
         _check_fits(task, name, data, env_spaces)
         spaces = spaces or env_spaces
         rows = _first_episodes(data, max_episodes)
-        observations = _take(_encode_obs(env_spaces[0], data.observations), rows)
+        raw = _encode_obs(env_spaces[0], data.observations) if encode_text else data.observations
+        observations = _take(raw, rows)
+        starts = np.asarray(data.episode_starts)
+        starts = starts[starts < len(rows)]
         if history > 1:
             from agents.encoders import stack_history
 
-            starts = np.asarray(data.episode_starts)
-            observations = stack_history(observations, starts[starts < len(rows)], history)
-        parts.append({"observations": observations, "actions": np.asarray(data.actions)[rows]})
+            observations = stack_history(observations, starts, history)
+        parts.append({"observations": observations, "actions": np.asarray(data.actions)[rows], "starts": starts})
         sources.append(str(data.source))
     return sources, parts, spaces
 

@@ -55,7 +55,8 @@ class SequenceJobConfig(RunConfig):
 
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     learner: dict[str, Any] = field(default_factory=lambda: {"name": "sb3"})
-    """what trains: sb3 (online RL, the `agent` group's algorithm) | offline (behaviour cloning from datasets)"""
+    """what trains: sb3 (online RL, the `agent` group's algorithm) | offline (behaviour cloning from datasets) |
+    dt (Decision Transformer) | lm (a language-model policy on BabyAI)"""
     agent: AgentConfig = field(default_factory=AgentConfig)
     """the SB3 algorithm of learner=sb3"""
     method: dict[str, Any] = field(default_factory=lambda: {"name": "finetune"})
@@ -134,8 +135,8 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
                 f"task {tasks[0].name!r} observes text ({spaces[0]}), which SB3 policies cannot take",
                 "train on it with learner=offline, or use the sequence for data collection (retain collect)",
             )
-    elif learner != "offline":
-        raise ConfigError(f"unknown learner {learner!r}", "use learner=sb3, offline or dt")
+    elif learner not in ("offline", "lm"):
+        raise ConfigError(f"unknown learner {learner!r}", "use learner=sb3, offline, dt or lm")
     return tasks
 
 
@@ -176,6 +177,11 @@ def build_learner(cfg: DictConfig, tasks: list[Task]):
         return DtLearner(
             tasks, learner_cfg, adapter, evaluation, cfg.sequence.metric, cfg.seed, cfg.device, sequence, extra
         )
+    if cfg.learner.name == "lm":
+        from finetune.lm_learner import LmLearner, LmLearnerConfig
+
+        learner_cfg = _learner_config(cfg, LmLearnerConfig)
+        return LmLearner(tasks, learner_cfg, evaluation, cfg.sequence.metric, cfg.seed, cfg.device, sequence, extra)
     from finetune.offline_learner import OfflineLearner, OfflineLearnerConfig
 
     learner_cfg = _learner_config(cfg, OfflineLearnerConfig)

@@ -171,6 +171,8 @@ class OptionalLearnerParts(Protocol):
     - ``extra_eval_sets() -> dict[str, list[str]]`` and ``evaluate_extra(name) -> list[TaskScore]``: further
       evaluation sets (e.g. the pretraining tasks, for retention) scored before the sequence and after every
       task with the current weights; each becomes a T×K matrix in ``results.json``.
+      ``extra_higher_is_better(name) -> bool`` gives a set's direction when it is not the learner's (an LM
+      policy's text loss beside success rates).
     - ``probe() -> dict[str, float]``: scalars measured before the sequence and after every task (e.g. CPT's
       knowledge probes), logged under ``eval/``.
     - ``summary() -> dict``: keys added to ``summary.json``.

@@ -227,6 +227,12 @@ class Runner:
             self.curves[self.columns[j]].append([step, scores[j].score])
         return scores
 
+    def _extra_higher_is_better(self, name: str) -> bool:
+        """An extra set's direction: the learner's, unless it says otherwise (an LM policy's text loss)."""
+        if hasattr(self.learner, "extra_higher_is_better"):
+            return self.learner.extra_higher_is_better(name)
+        return self.learner.higher_is_better
+
     def _evaluate_extra(self) -> dict[str, list[float]]:
         rows = {}
         for name in self.extra:
@@ -457,7 +463,8 @@ class Runner:
                 name: {
                     **e,
                     "matrix": e["rows"],
-                    "metrics": retention_metrics(e["rows"], e.get("initial"), self.learner.higher_is_better),
+                    "higher_is_better": self._extra_higher_is_better(name),
+                    "metrics": retention_metrics(e["rows"], e.get("initial"), self._extra_higher_is_better(name)),
                 }
                 for name, e in self.extra.items()
             }
@@ -485,7 +492,7 @@ class Runner:
             written["probes"] = results["probes"]
         if results["extra"]:
             written["extra"] = {
-                name: {k: e[k] for k in ("tasks", "matrix", "initial", "metrics")}
+                name: {k: e[k] for k in ("tasks", "matrix", "initial", "higher_is_better", "metrics")}
                 for name, e in results["extra"].items()
             }
         written.update(self.outputs.results)

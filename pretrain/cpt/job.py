@@ -1,7 +1,8 @@
 """``retain cpt``: continual pretraining of a language model over stages, scored like any sequence.
 
 Sources are text corpora (files, folders, JSONL, parquet, ``datasets`` folders, or the built-in
-offline corpora ``builtin:shakespeare`` and ``builtin:bios``), tokenized once under RETAIN_DATA.
+offline corpora ``builtin:shakespeare``, ``builtin:bios`` and ``builtin:babyai:<dataset id>``: a BabyAI
+dataset's episodes as text transcripts, see ``pretrain/cpt/transcripts.py``), tokenized once under RETAIN_DATA.
 Each stage trains on its mixture (with replay) for its token budget; at every stage end every
 source's validation loss fills a row of R, so ``retain/metrics.py`` gives forgetting and transfer
 with ``higher_is_better=false``, exactly as for RL. Knowledge of the synthetic biographies is probed
@@ -14,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -56,7 +58,8 @@ class SourceConfig:
     """A text corpus."""
 
     path: str = "???"
-    """a file or folder (text, JSONL, parquet, datasets), or builtin:shakespeare | builtin:bios"""
+    """a file or folder (text, JSONL, parquet, datasets), or builtin:shakespeare | builtin:bios |
+    builtin:babyai:<dataset id> (a BabyAI dataset of `retain collect`, one transcript per episode)"""
     text_field: str = "text"
     """the text field of JSONL/parquet/datasets sources"""
     val_fraction: float = 0.02
@@ -98,6 +101,9 @@ class CptJobConfig(RunConfig):
     weights, gradients and optimizer state per transformer block); one process without torchrun"""
 
 
+BUILTINS = "builtin:shakespeare, builtin:bios[:<k>], builtin:babyai:<dataset id>"
+
+
 def _builtin(name: str, cfg: DictConfig) -> Path:
     """Materialize a built-in corpus under RETAIN_DATA/cpt (once; it is deterministic)."""
     root = data_root() / "cpt"
@@ -119,9 +125,23 @@ def _builtin(name: str, cfg: DictConfig) -> Path:
         if not (out / "people.jsonl").exists():  # written last; the files are deterministic and atomic
             write_corpus(out, cfg.bios.people, cfg.bios.paraphrases, seed=seed)
         return out / "bios.txt"
-    raise ConfigError(
-        f"unknown built-in corpus builtin:{name}", "use builtin:shakespeare, builtin:bios[:<k>], or a path"
-    )
+    if name == "babyai" or name.startswith("babyai:"):
+        return _babyai(name.partition(":")[2], root)
+    raise ConfigError(f"unknown built-in corpus builtin:{name}", f"use {BUILTINS}, or a path")
+
+
+def _babyai(dataset: str, root: Path) -> Path:
+    """builtin:babyai:<dataset id>: the dataset's episodes as transcripts, rendered once per dataset version."""
+    if not dataset.strip():
+        raise ConfigError(
+            "builtin:babyai names no dataset",
+            "use builtin:babyai:<dataset id>, e.g. retain/babyai4/goto_local/expert-v0",
+        )
+    # Imported here: only this source needs the env and dataset stack (gymnasium, minari, h5py).
+    from pretrain.cpt.transcripts import write_transcripts
+
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.strip().strip("/"))
+    return write_transcripts(dataset.strip(), root / "babyai" / slug)
 
 
 def _source_paths(cfg: DictConfig) -> dict[str, Path]:
@@ -135,7 +155,7 @@ def _source_paths(cfg: DictConfig) -> dict[str, Path]:
         if not path.exists():
             raise ConfigError(
                 f"source {name}: {path} does not exist",
-                "give a file or folder of text, or builtin:shakespeare / builtin:bios",
+                f"give a file or folder of text, or {BUILTINS}",
             )
         paths[name] = path
     return paths
