@@ -242,6 +242,16 @@ def _learner_label(cfg: DictConfig) -> list[str]:
         parts.append(f"{objective} encoder, {'frozen' if encoder.get('freeze', True) else 'tuned'}")
     elif encoder.get("scratch"):
         parts.append("encoder from scratch")
+    lm = learner.get("lm") or {}
+    if learner.name == "lm":
+        body = lm.get("path") or "small LM"
+        parts.append(f"{body}{'' if lm.get('pretrained', True) or not lm.get('path') else ' (random init)'}")
+        if (lm.get("lora") or {}).get("r"):
+            parts.append(f"LoRA r={lm.lora.r}")
+        elif lm.get("freeze_lm"):
+            parts.append("frozen LM")
+        if learner.get("adg", {}).get("enabled"):
+            parts.append("active data gathering")
     if learner.get("max_episodes"):
         parts.append(f"k={learner.max_episodes}")
     return parts

@@ -254,3 +254,25 @@ def test_the_lm_learner_refuses_tasks_without_a_mission(cli, data):
     assert out.returncode == 2
     lines = error_lines(out)
     assert len(lines) == 1 and "the LM policy reads a mission" in lines[0]
+
+
+def test_the_paper_scale_preset_runs_a_few_steps_with_a_tiny_random_gpt2(data, gpt2_folder, tmp_path):
+    """experiment=lid_babyai names GPT-2 on the hub; with a local folder in its place it runs as composed."""
+    preset = load_config("sequence", ["experiment=lid_babyai"])
+    assert preset.learner.lm.path == "openai-community/gpt2" and preset.learner.lm.pretrained
+    overrides = [
+        "experiment=lid_babyai",
+        f"learner.lm.path={gpt2_folder}",
+        "learner.updates_per_task=4",
+        "learner.batch_size=4",
+        "learner.schedule.warmup_steps=1",
+        "learner.max_episodes=2",
+        "chunks_per_task=1",
+        "eval.episodes=1",
+        "eval.n_envs=1",
+        "hydra.mode=RUN",
+        f"run_dir={tmp_path / 'run'}",
+        "progress=false",
+    ]
+    summary = run_sequence(load_config("sequence", overrides))
+    assert summary["steps"] == 8 and "held_out" in json.loads((tmp_path / "run" / "results.json").read_text())["extra"]
