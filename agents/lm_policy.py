@@ -293,11 +293,13 @@ class Prompter:
         if not texts:
             empty = {"ids": np.zeros((0, self.max_tokens), np.int64), "mask": np.zeros((0, self.max_tokens), np.int64)}
             return {**empty, "image": np.zeros((0, 7, 7, 3), np.uint8)} if self.encoding == "conv" else empty
-        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_tokens)
-        ids = np.asarray(enc["input_ids"], dtype=np.int64)
-        mask = np.asarray(enc["attention_mask"], dtype=np.int64)
-        full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        self.truncated += sum(len(f) > self.max_tokens for f in full)
+        rows = self.tokenizer(texts)["input_ids"]  # one pass; padded and cut here (prompts longer than the cap counted)
+        ids = np.full((len(rows), self.max_tokens), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), self.max_tokens), dtype=np.int64)
+        for i, row in enumerate(rows):
+            n = min(len(row), self.max_tokens)
+            ids[i, :n], mask[i, :n] = row[:n], 1
+        self.truncated += sum(len(row) > self.max_tokens for row in rows)
         out = {"ids": ids, "mask": mask}
         if self.encoding == "conv":
             out["image"] = np.asarray(images, dtype=np.uint8)

@@ -42,11 +42,9 @@ from envs.text import bytes_to_text
 from finetune.env_tasks import EnvScorer, EvalSettings, Task
 from finetune.offline_data import TaskData, _env_spaces, load_task_data, to_tensor
 from finetune.offline_learner import OfflineLearner, OfflineLearnerConfig
-from retain.device import resolve_device
 from retain.errors import ConfigError
 from retain.learner import LearnerState, TaskScore
 from retain.seeding import derive_seed
-from retain.training.precision import use_bf16
 
 TEXT_SET = "text"
 
@@ -114,12 +112,8 @@ class LmLearner(OfflineLearner):
         sequence: str | None = None,
         extra: dict[str, list[Task]] | None = None,
     ):
-        self.task_list, self.cfg, self.metric, self.seed = tasks, cfg, metric, seed
-        self.tasks = self.eval_tasks = [t.name for t in tasks]
-        self._check(cfg)
+        self._set_up(tasks, cfg, metric, seed, device)
         self._check_lm(cfg)
-        self.device = resolve_device(device)
-        self.bf16 = use_bf16(cfg.precision, self.device)
         self.frozen = self.encoder = None
         self.tokenizer = load_tokenizer(cfg.lm)
         self.prompter = Prompter(self.tokenizer, cfg.lm.encoding, cfg.lm.action_history, cfg.lm.max_tokens)

@@ -103,11 +103,7 @@ class OfflineLearner:
         sequence: str | None = None,
         extra: dict[str, list[Task]] | None = None,
     ):
-        self.task_list, self.cfg, self.metric, self.seed = tasks, cfg, metric, seed
-        self.tasks = self.eval_tasks = [t.name for t in tasks]
-        self._check(cfg)
-        self.device = resolve_device(device)
-        self.bf16 = use_bf16(cfg.precision, self.device)
+        self._set_up(tasks, cfg, metric, seed, device)
         history = encoder_use.history(cfg.encoder)
         self.sources, parts, spaces = load_task_data(tasks, cfg.dataset, sequence, cfg.max_episodes, history)
         check_loss(cfg.loss, isinstance(spaces[1], gym.spaces.Discrete))
@@ -147,6 +143,14 @@ class OfflineLearner:
         self.optimizer, self.scheduler = self._optimizer(0)
 
     # -- set-up ------------------------------------------------------------------------------------------
+
+    def _set_up(self, tasks: list[Task], cfg: OfflineLearnerConfig, metric: str, seed: int, device: str) -> None:
+        """What every offline learner keeps first: its tasks and config (checked), metric, seed and device."""
+        self.task_list, self.cfg, self.metric, self.seed = tasks, cfg, metric, seed
+        self.tasks = self.eval_tasks = [t.name for t in tasks]
+        self._check(cfg)
+        self.device = resolve_device(device)
+        self.bf16 = use_bf16(cfg.precision, self.device)
 
     @staticmethod
     def _check(cfg: OfflineLearnerConfig) -> None:

@@ -211,7 +211,8 @@ def iter_documents(path: Path, kind: str, text_field: str = "text") -> Iterator[
     return (doc for doc in docs if doc.strip())
 
 
-def _sha256(file: Path) -> str:
+def file_sha256(file: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -343,7 +344,11 @@ def tokenize_source(
     if not files:
         raise DatasetError(f"text source {source} holds no {kind} files", "add documents or fix the path")
     file_info = [
-        {"path": str(f.relative_to(source)) if f != source else f.name, "sha256": _sha256(f), "bytes": f.stat().st_size}
+        {
+            "path": str(f.relative_to(source)) if f != source else f.name,
+            "sha256": file_sha256(f),
+            "bytes": f.stat().st_size,
+        }
         for f in files
     ]
     tok_info = _tokenizer_info(tokenizer)

@@ -31,6 +31,7 @@ import numpy as np
 from envs import lid_text
 from envs.datasets import dataset_path
 from envs.transitions import Transitions, load_transitions
+from pretrain.cpt.data import file_sha256
 from retain.errors import DatasetError
 from retain.io import atomic_path, write_json_atomic
 from retain.paths import data_root
@@ -65,19 +66,11 @@ def _find(dataset: str) -> Path:
     return path
 
 
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(path: Path) -> str:
     """What the transcripts of the dataset at ``path`` depend on: its data files and the renderer (this
     format and the LID-Text module, whose sentences they hold)."""
     files = [path / "data" / "main_data.hdf5", path / "data" / "metadata.json", Path(lid_text.__file__)]
-    key = {"format": FORMAT, "files": [_sha256(f) for f in files]}
+    key = {"format": FORMAT, "files": [file_sha256(f) for f in files]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
