@@ -364,9 +364,23 @@ class LmLearner(OfflineLearner):
 
     def summary(self, results: dict) -> dict[str, Any]:
         total, trainable = self._parameters()
-        return {
+        out = {
             **super().summary(results),
             "lm_parameters": total,
             "lm_trained_parameters": trainable,
             "truncated_prompts": self.prompter.truncated,
         }
+        if self.cfg.adg.enabled:
+            out["rounds"] = self._round_scores(results)
+        return out
+
+    def _round_scores(self, results: dict) -> dict[str, Any]:
+        """Each task's own score at every evaluation during its training, by rounds gathered so far (the
+        report's "success vs rounds" table; with chunks_per_task = adg.rounds, one per round)."""
+        budget, per_round = self.cfg.updates_per_task, self.granularity(0)
+        scores = {}
+        for i, task in enumerate(self.tasks):
+            start = i * budget
+            points = [(s - start, v) for s, v in results["curves"].get(task, []) if start < s <= start + budget]
+            scores[task] = {"rounds": [s // per_round for s, _ in points], "score": [v for _, v in points]}
+        return {"per_round_updates": per_round, "episodes_per_round": self.cfg.adg.episodes_per_round, **scores}

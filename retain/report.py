@@ -251,6 +251,7 @@ def write_report(run_dir: str | Path) -> Path:
         *_gap_lines(run["results"]),
         *_extra_lines(run["results"]),
         *_probe_lines(run["results"]),
+        *_round_lines(run["summary"], run["results"]["metric"]),
         "## Per-task curves (dashed: task boundaries)",
         "",
         f"![curves]({CURVES})",
@@ -303,6 +304,23 @@ def _extra_lines(res: dict) -> list[str]:
         lines += [f"| {task} | " + " | ".join(_fmt(v) for v in row) + " |" for task, row in zip(rows, extra["matrix"])]
         lines.append("")
     return lines
+
+
+def _round_lines(summary: dict, metric: str) -> list[str]:
+    """Active data gathering (``learner=lm learner.adg.enabled=true``): each task's score after each round."""
+    rounds = summary.get("rounds")
+    if not rounds:
+        return []
+    tasks = {k: v for k, v in rounds.items() if isinstance(v, dict)}
+    lines = [
+        f"## {metric} after each round of data gathering ({rounds['episodes_per_round']} episodes and "
+        f"{rounds['per_round_updates']} updates per round, no expert demos)",
+        "",
+        "| task | " + " | ".join(f"round {r}" for r in next(iter(tasks.values()))["rounds"]) + " |",
+        "|---" * (len(next(iter(tasks.values()))["rounds"]) + 1) + "|",
+    ]
+    lines += [f"| {task} | " + " | ".join(_fmt(v) for v in t["score"]) + " |" for task, t in tasks.items()]
+    return [*lines, ""]
 
 
 def _probe_lines(res: dict) -> list[str]:

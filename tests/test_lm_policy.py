@@ -239,7 +239,9 @@ def test_active_data_gathering_relabels_what_it_achieved_and_resumes_exactly(tmp
         "learner.updates_per_task=4",
         "sequence=lid_goto",
     ]
-    _run(tmp_path, "a", *adg)
+    summary = _run(tmp_path, "a", *adg)
+    assert summary["rounds"]["goto_local"]["rounds"] == [1, 2]  # scored after each round: success vs rounds
+    assert "after each round of data gathering" in (tmp_path / "a" / "report.md").read_text()
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rows = [r["train/adg_rows"] for r in records if "train/adg_rows" in r]
     assert len(rows) == 2 and 0 < rows[0] <= rows[1]  # data grows round by round
