@@ -84,6 +84,9 @@ class LmLearnerConfig(OfflineLearnerConfig):
     task_id: bool = False
     """the mission names the goal: the LM policy is never told the task's index"""
     lm: LmPolicyConfig = field(default_factory=LmPolicyConfig)
+    eval_temperature: float = 0.0
+    """0: evaluate the greedy policy (argmax); > 0: actions sampled from the softmax at this temperature, from a
+    generator seeded per evaluation (the stochastic policy active data gathering explores with)"""
     adg: AdgConfig = field(default_factory=AdgConfig)
     text_eval: TextEvalConfig = field(default_factory=TextEvalConfig)
 
@@ -158,6 +161,8 @@ class LmLearner(OfflineLearner):
                 f"adg.episodes_per_round={adg.episodes_per_round} be >= 1",
                 "e.g. learner.updates_per_task=1000 learner.adg.rounds=5",
             )
+        if cfg.eval_temperature < 0:
+            raise ConfigError(f"learner.eval_temperature={cfg.eval_temperature}", "use 0 (greedy) or a positive value")
         if adg.enabled and not adg.temperature > 0:
             raise ConfigError(f"adg.temperature={adg.temperature}", "use a positive temperature, e.g. 1.0")
 
@@ -217,6 +222,25 @@ class LmLearner(OfflineLearner):
         encoded = self.prompter.encode(bytes_to_text(obs["mission"]), obs["image"], obs.get("past_actions"))
         return {k: to_tensor(v, self.device) for k, v in encoded.items()}
 
+    def _act(self, obs, task: int = -1) -> np.ndarray:
+        if self.cfg.eval_temperature <= 0:
+            return super()._act(obs, task)
+        inputs = self._obs_tensor(obs)
+        self.policy.eval()
+        actions = self.policy.sample(inputs, self._eval_generator, self.cfg.eval_temperature)
+        self.policy.train()
+        return actions.numpy()
+
+    def _seed_sampling(self, *key) -> None:
+        """A generator for sampled evaluation actions, seeded by what is evaluated when (exact resume)."""
+        self._eval_generator = torch.Generator().manual_seed(
+            derive_seed(self.seed, "eval-sample", self._global_step, *key)
+        )
+
+    def evaluate(self, tasks: list[int], weights: dict[int, dict[str, torch.Tensor] | None]) -> dict[int, TaskScore]:
+        self._seed_sampling(*tasks)
+        return super().evaluate(tasks, weights)
+
     def granularity(self, task: int) -> int:
         return self.cfg.updates_per_task // self.cfg.adg.rounds if self.cfg.adg.enabled else 1
 
@@ -242,6 +266,7 @@ class LmLearner(OfflineLearner):
 
     def evaluate_extra(self, name: str) -> list[TaskScore]:
         if name != TEXT_SET:
+            self._seed_sampling(name)
             return super().evaluate_extra(name)
         self.policy.eval()
         losses = []
@@ -348,7 +373,8 @@ class LmLearner(OfflineLearner):
             f"- observations: LID-{lm.encoding.capitalize()}"
             + (f", last {lm.action_history} actions" if lm.action_history else "")
             + f"; prompts cut at {lm.max_tokens} tokens: {self.prompter.truncated}",
-            f"- training: {c.updates_per_task} updates/task, batch {c.batch_size}, lr {c.lr} ({c.schedule.name})",
+            f"- training: {c.updates_per_task} updates/task, batch {c.batch_size}, lr {c.lr} ({c.schedule.name}); "
+            + ("greedy evaluation" if c.eval_temperature <= 0 else f"evaluation samples at T={c.eval_temperature}"),
         ]
         if c.adg.enabled:
             a = c.adg

@@ -237,11 +237,13 @@ def test_active_data_gathering_relabels_what_it_achieved_and_resumes_exactly(tmp
         "learner.adg.episodes_per_round=6",
         "learner.adg.n_envs=3",
         "learner.updates_per_task=4",
+        "learner.eval_temperature=1.0",  # sampled evaluation: seeded, so a resumed run scores the same
         "sequence=lid_goto",
     ]
     summary = _run(tmp_path, "a", *adg)
     assert summary["rounds"]["goto_local"]["rounds"] == [1, 2]  # scored after each round: success vs rounds
-    assert "after each round of data gathering" in (tmp_path / "a" / "report.md").read_text()
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "after each round of data gathering" in report and "evaluation samples at T=1.0" in report
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rows = [r["train/adg_rows"] for r in records if "train/adg_rows" in r]
     assert len(rows) == 2 and 0 < rows[0] <= rows[1]  # data grows round by round
