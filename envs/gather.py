@@ -78,9 +78,12 @@ def gather_episodes(spec: EnvSpec, seeds: Sequence[int], act: Act, n_envs: int =
     return [done[k] for k in sorted(done)]
 
 
-def hindsight_rows(episodes: list[dict], kinds: Sequence[str]) -> dict:
+def hindsight_rows(episodes: list[dict], kinds: Sequence[str], window: int | None = None) -> dict:
     """BC rows of the episodes: ``missions`` (list), ``images`` (N, 7, 7, 3), ``actions`` (N,), ``starts`` (the
-    rows where each relabelled episode begins) and ``relabelled`` (how many relabelled episodes)."""
+    rows where each relabelled episode begins) and ``relabelled`` (how many relabelled episodes).
+
+    ``window`` keeps only the last this many steps before each goal was reached: an exploring policy's early
+    steps wander, and what led *to* the goal is in the steps just before it."""
     from envs.hindsight import relabel
 
     missions: list[str] = []
@@ -89,11 +92,12 @@ def hindsight_rows(episodes: list[dict], kinds: Sequence[str]) -> dict:
 
     def add(mission: str, episode: dict, length: int) -> None:
         nonlocal row
+        first = max(0, length - window) if window else 0
         starts.append(row)
-        missions.extend([mission] * length)
-        images.append(episode["images"][:length])
-        actions.append(episode["actions"][:length])
-        row += length
+        missions.extend([mission] * (length - first))
+        images.append(episode["images"][first:length])
+        actions.append(episode["actions"][first:length])
+        row += length - first
 
     for episode in episodes:
         if episode["success"]:

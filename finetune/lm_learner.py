@@ -63,6 +63,8 @@ class AdgConfig:
     """which achieved goals become missions (envs.hindsight.relabel)"""
     n_envs: int = 16
     """envs stepped together while gathering"""
+    window: int | None = None
+    """keep only the last this many steps before each reached goal (null: the whole prefix)"""
 
 
 @dataclass
@@ -163,6 +165,8 @@ class LmLearner(OfflineLearner):
             )
         if cfg.eval_temperature < 0:
             raise ConfigError(f"learner.eval_temperature={cfg.eval_temperature}", "use 0 (greedy) or a positive value")
+        if adg.window is not None and adg.window < 1:
+            raise ConfigError(f"learner.adg.window={adg.window}", "use null (whole prefixes) or >= 1 steps")
         if adg.enabled and not adg.temperature > 0:
             raise ConfigError(f"adg.temperature={adg.temperature}", "use a positive temperature, e.g. 1.0")
 
@@ -313,7 +317,7 @@ class LmLearner(OfflineLearner):
             return actions.numpy()
 
         episodes = gather_episodes(self.task_list[task].env, seeds, act, adg.n_envs, self.cfg.lm.action_history)
-        rows = hindsight_rows(episodes, adg.kinds)
+        rows = hindsight_rows(episodes, adg.kinds, adg.window)
         past = None
         if self.cfg.lm.action_history:
             past = past_actions(rows["actions"], rows["starts"], self.cfg.lm.action_history)

@@ -280,3 +280,22 @@ def test_the_paper_scale_preset_runs_a_few_steps_with_a_tiny_random_gpt2(data, g
     ]
     summary = run_sequence(load_config("sequence", overrides))
     assert summary["steps"] == 8 and "held_out" in json.loads((tmp_path / "run" / "results.json").read_text())["extra"]
+
+
+def test_hindsight_rows_keep_each_reached_goal_and_its_last_steps():
+    from envs.gather import gather_episodes, hindsight_rows
+    from envs.spec import EnvSpec
+
+    rng = np.random.default_rng(0)
+    spec = EnvSpec(id="BabyAI-GoToLocal-v0", success_threshold=0.05)
+    episodes = gather_episodes(spec, [1, 2, 3, 4], lambda m, i, p: rng.integers(0, 3, len(m)), n_envs=2)
+    assert [len(e["images"]) for e in episodes] == [len(e["actions"]) + 1 for e in episodes]
+    whole, cut = hindsight_rows(episodes, ["goto"]), hindsight_rows(episodes, ["goto"], window=3)
+    assert whole["relabelled"] == cut["relabelled"] > 0 and len(whole["starts"]) == len(cut["starts"])
+    lengths = np.diff([*cut["starts"], len(cut["actions"])])
+    assert lengths.max() <= 3 and len(cut["actions"]) < len(whole["actions"])
+    # each cut segment is the end of its whole one: same last action, same mission
+    ends_whole = np.array([*whole["starts"][1:], len(whole["actions"])]) - 1
+    ends_cut = np.array([*cut["starts"][1:], len(cut["actions"])]) - 1
+    assert np.array_equal(whole["actions"][ends_whole], cut["actions"][ends_cut])
+    assert [whole["missions"][i] for i in ends_whole] == [cut["missions"][i] for i in ends_cut]
