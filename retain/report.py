@@ -251,7 +251,7 @@ def write_report(run_dir: str | Path) -> Path:
         *_gap_lines(run["results"]),
         *_extra_lines(run["results"]),
         *_probe_lines(run["results"]),
-        *_round_lines(run["summary"], run["results"]["metric"]),
+        *_round_lines(run["summary"], run["results"]),
         "## Per-task curves (dashed: task boundaries)",
         "",
         f"![curves]({CURVES})",
@@ -306,20 +306,26 @@ def _extra_lines(res: dict) -> list[str]:
     return lines
 
 
-def _round_lines(summary: dict, metric: str) -> list[str]:
-    """Active data gathering (``learner=lm learner.adg.enabled=true``): each task's score after each round."""
+def _round_lines(summary: dict, res: dict) -> list[str]:
+    """Active data gathering (``learner=lm learner.adg.enabled=true``): each task's score before it and after
+    each round of gathering and training."""
     rounds = summary.get("rounds")
     if not rounds:
         return []
     tasks = {k: v for k, v in rounds.items() if isinstance(v, dict)}
+    first = next(iter(tasks.values()))["rounds"]
+    before = dict(zip(res["tasks"], res.get("initial") or []))
     lines = [
-        f"## {metric} after each round of data gathering ({rounds['episodes_per_round']} episodes and "
+        f"## {res['metric']} after each round of data gathering ({rounds['episodes_per_round']} episodes and "
         f"{rounds['per_round_updates']} updates per round, no expert demos)",
         "",
-        "| task | " + " | ".join(f"round {r}" for r in next(iter(tasks.values()))["rounds"]) + " |",
-        "|---" * (len(next(iter(tasks.values()))["rounds"]) + 1) + "|",
+        "| task | before | " + " | ".join(f"round {r}" for r in first) + " |",
+        "|---" * (len(first) + 2) + "|",
     ]
-    lines += [f"| {task} | " + " | ".join(_fmt(v) for v in t["score"]) + " |" for task, t in tasks.items()]
+    lines += [
+        f"| {task} | {_fmt(before.get(task))} | " + " | ".join(_fmt(v) for v in t["score"]) + " |"
+        for task, t in tasks.items()
+    ]
     return [*lines, ""]
 
 
