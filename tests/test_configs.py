@@ -46,10 +46,10 @@ def test_every_primary_config_is_a_job():
 def test_sequence_options_build_their_tasks(option):
     overrides = [f"sequence={option}"] + (["env=cartpole"] if option == "single" else [])
     cfg = load_config("sequence", overrides)
-    if option == "babyai4":  # text observations: for LM policies and collection, refused by SB3 agents
+    if option in ("babyai4", "lid_small", "lid_goto"):  # text observations: LM policies and collection, not SB3
         with pytest.raises(ConfigError, match="observes text"):
             build_tasks(cfg)
-        return
+        cfg = load_config("sequence", [*overrides, "learner=lm"])
     tasks = build_tasks(cfg)  # checks every env id, shared spaces, and that the agent fits
     assert len(tasks) == (1 if cfg.sequence.from_env else len(cfg.sequence.tasks)) >= 1
 
@@ -57,12 +57,14 @@ def test_sequence_options_build_their_tasks(option):
 @pytest.mark.parametrize("option", options("learner"))
 def test_learner_options_are_typed_by_their_learner(option):
     from finetune.dt_learner import DtLearnerConfig
+    from finetune.lm_learner import LmLearnerConfig
     from finetune.offline_learner import OfflineLearnerConfig
     from finetune.sb3_learner import Sb3LearnerConfig
     from finetune.sequence import _learner_config
 
     cfg = load_config("sequence", [f"learner={option}"])
-    schema = {"sb3": Sb3LearnerConfig, "offline": OfflineLearnerConfig, "dt": DtLearnerConfig}[option]
+    schemas = {"sb3": Sb3LearnerConfig, "offline": OfflineLearnerConfig, "dt": DtLearnerConfig, "lm": LmLearnerConfig}
+    schema = schemas[option]
     assert isinstance(_learner_config(cfg, schema), schema)  # every key of the yaml is a field of the schema
     bad = load_config("sequence", [f"learner={option}", "+learner.no_such_key=1"])
     with pytest.raises(ConfigError, match="no_such_key"):
