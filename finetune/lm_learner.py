@@ -120,13 +120,13 @@ class LmLearner(OfflineLearner):
         self._set_up(tasks, cfg, metric, seed, device)
         self._check_lm(cfg)
         self.frozen = self.encoder = None
+        self.observation_space, self.action_space = _env_spaces(tasks[0])
+        self._check_spaces(tasks[0].name)  # before any model is read: a wrong task fails at once
         self.tokenizer = load_tokenizer(cfg.lm)
         self.prompter = Prompter(self.tokenizer, cfg.lm.encoding, cfg.lm.action_history, cfg.lm.max_tokens)
         # a pretrained LM is read once; every fresh policy copies it (a GGUF file takes seconds to convert)
         pretrained = cfg.lm.path is not None and cfg.lm.pretrained
         self.template = load_lm(cfg.lm, self.tokenizer, seed) if pretrained else None
-        self.observation_space, self.action_space = _env_spaces(tasks[0])
-        self._check_spaces(tasks[0].name)
         if cfg.adg.enabled:
             self.sources = ["gathered by the policy (active data gathering, hindsight relabelled)"]
             self.gathered: list[dict[str, np.ndarray]] = [self._empty() for _ in tasks]
