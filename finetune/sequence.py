@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from agents.sb3 import AgentConfig
 from envs.spec import EnvSpec, SequenceConfig, TaskConfig
+from envs.text import has_text
 from finetune.env_tasks import EvalSettings, Task, check_spaces, sequence_tasks
 from retain.config import RunConfig, to_container
 from retain.device import resolve_device
@@ -130,7 +131,7 @@ def build_tasks(cfg: DictConfig) -> list[Task]:
         from agents.sb3 import check_agent
 
         check_agent(OmegaConf.to_object(cfg.agent), spaces[1], tasks[0].name)
-        if _has_text(spaces[0]):
+        if has_text(spaces[0]):
             raise ConfigError(
                 f"task {tasks[0].name!r} observes text ({spaces[0]}), which SB3 policies cannot take",
                 "train on it with learner=offline, or use the sequence for data collection (retain collect)",
@@ -186,14 +187,6 @@ def build_learner(cfg: DictConfig, tasks: list[Task]):
 
     learner_cfg = _learner_config(cfg, OfflineLearnerConfig)
     return OfflineLearner(tasks, learner_cfg, evaluation, cfg.sequence.metric, cfg.seed, cfg.device, sequence, extra)
-
-
-def _has_text(space) -> bool:
-    import gymnasium as gym
-
-    if isinstance(space, gym.spaces.Text):
-        return True
-    return isinstance(space, gym.spaces.Dict) and any(_has_text(s) for s in space.spaces.values())
 
 
 def schedule_of(cfg: DictConfig) -> Schedule:
