@@ -10,9 +10,21 @@ checkpoint files, not on model objects, so it never holds more than one shard of
 tensor of base and instruct) in memory and writes the same tensor names, dtypes and shards the target
 has: whatever loads the target loads the result. Tied embeddings need nothing special: a tied tensor is
 stored once, under the same name in all three (a checkpoint storing it twice does not match one storing
-it once, and the check says so). ``out`` gets the target's config and generation config, the target's
-tokenizer (else the instruct's) and ``residual.json`` with the inputs, α and per-tensor norms; it is
-written in a temporary sibling folder and renamed into place, so a failure leaves nothing behind.
+it once, and the check says so).
+
+The weights and the architecture are the target's, but how the model is prompted and when it stops are the
+instruct's: a Llama-3 or Qwen instruct model ends a turn with its own token and renders prompts with its own
+chat template, and the merged model without them fails to follow instructions for reasons that have nothing to
+do with the residual. So ``out`` gets
+
+- the target's ``config.json``, with ``bos_token_id``, ``eos_token_id`` and ``pad_token_id`` replaced by the
+  instruct's where the instruct's ``config.json`` sets them to other values;
+- the instruct's ``generation_config.json`` (its stop ids, sampling defaults), else the target's;
+- the instruct's tokenizer files as they are (vocabulary, added and special tokens, chat template), else the
+  target's;
+- ``residual.json``: the inputs, α, where each of these came from and per-tensor norms.
+
+It is written in a temporary sibling folder and renamed into place, so a failure leaves nothing behind.
 
 The ``retain residual`` job (``finetune/residual_job.py``) runs this merge, or with ``demo=true`` a small
 offline experiment that shows the effect (``finetune/residual_demo.py``).
@@ -31,7 +43,19 @@ from retain.io import atomic_path
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# A folder has a tokenizer when it has one of these; all of them, when present, make up the tokenizer that is copied.
+VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+TOKENIZER_FILES = (
+    *VOCAB_FILES,
+    "merges.txt",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates",  # a folder of named templates (transformers >= 4.54)
+)
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 # Config fields that may differ between a base, its instruct model and its continued pretraining without
 # changing what the weights mean: names, versions, dtypes, special token ids (instruct models often add an
 # end-of-turn id), the position limit (RoPE models; learned position tables differ in shape and are caught
@@ -108,11 +132,74 @@ def _config(folder: Path, role: str) -> dict:
         ) from e
 
 
+def _json(file: Path, role: str) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{role}: {file} cannot be read ({e})", "the model folder is incomplete or damaged") from e
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).exists() for f in VOCAB_FILES)
+
+
+def _vocab(folder: Path, role: str) -> dict[str, int]:
+    """Token → id of the folder's tokenizer, added and special tokens included."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False).get_vocab()
+    except Exception as e:  # tokenizers reports a malformed tokenizer.json as a plain Exception
+        raise ConfigError(
+            f"{role}={folder}: the tokenizer cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})",
+            "pass a folder whose tokenizer loads with AutoTokenizer (remote code is not trusted)",
+        ) from e
+
+
+def _ids(value) -> list[int]:
+    """The token ids a config field names (an id, a list of ids, or none)."""
+    return [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int)]
+
+
+def check_tokenizer(base: Path, instruct: Path, target: Path, vocab_size: int | None) -> None:
+    """ConfigError unless what the merged model takes from ``instruct`` fits the target's weights: every token of
+    the target's tokenizer (else the base's) has the same id in the instruct's, and every id of the instruct's
+    tokenizer and the special token ids of its config and generation config are below ``vocab_size``."""
+    ids: dict[str, int] = {}
+    if _has_tokenizer(instruct):
+        vocab = _vocab(instruct, "instruct")
+        reference = {"target": target, "base": base}
+        ref_role = next((r for r, f in reference.items() if _has_tokenizer(f)), None)
+        ref_vocab = _vocab(reference[ref_role], ref_role) if ref_role is not None else {}
+        for token, i in sorted(ref_vocab.items(), key=lambda kv: kv[1]):
+            if vocab.get(token) != i:
+                found = "lacks it" if token not in vocab else f"has it as id {vocab[token]}"
+                raise ConfigError(
+                    f"the {ref_role}'s tokenizer has token {token!r} as id {i}, the instruct's {found}",
+                    "the instruct's tokenizer must keep the base's vocabulary and ids (it may add tokens): "
+                    + SAME_MODEL,
+                )
+        ids |= {f"tokenizer token {token!r}": i for token, i in vocab.items()}
+    for file in ("config.json", "generation_config.json"):
+        if (instruct / file).exists():
+            fields = _json(instruct / file, "instruct")
+            ids |= {f"{file} {key}": i for key in SPECIAL_IDS for i in _ids(fields.get(key))}
+    for what, i in ids.items() if vocab_size is not None else ():
+        if not 0 <= i < vocab_size:
+            raise ConfigError(
+                f"the instruct's {what} is id {i}, outside the embedding's {vocab_size} rows (vocab_size)",
+                "every token id must be a row of the embedding: the instruct's tokenizer or config does not fit "
+                "its weights (an added token needs resize_token_embeddings, in base and target too)",
+            )
+
+
 def check_inputs(
     base: Path, instruct: Path, target: Path, out: Path, alpha: float = 1.0, overwrite: bool = False
 ) -> dict[str, dict[str, Path]]:
-    """ConfigError naming the first problem unless the three models share architecture, tensor names and
-    shapes and ``out`` may be written; reads configs and file headers only. Returns each role's tensor → file map.
+    """ConfigError naming the first problem unless the three models share architecture (the config fields outside
+    ``BENIGN_FIELDS``: model_type, hidden size, layers, vocab size, ...), tensor names and shapes, the instruct's
+    tokenizer and special token ids fit the target (``check_tokenizer``) and ``out`` may be written. Reads
+    configs, file headers and tokenizers, no weights. Returns each role's tensor → file map.
     """
     if not math.isfinite(alpha):
         raise ConfigError(f"alpha={alpha} is not a finite number", "use e.g. alpha=1.0 (0 gives the target)")
@@ -125,7 +212,8 @@ def check_inputs(
         if not folder.is_dir():
             raise ConfigError(f"{role}={folder} is not a folder", f"pass {role}= as a transformers model folder")
     configs = {role: _config(folder, role) for role, folder in roles.items()}
-    keys = ["model_type", "architectures"]  # first, so a different architecture is named as such
+    # These first, so a different architecture or size is named as such rather than by a field derived from it.
+    keys = ["model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size"]
     keys += sorted({k for c in configs.values() for k in c if not k.startswith("_")} - set(keys) - BENIGN_FIELDS)
     for key in keys:
         values = {role: c.get(key) for role, c in configs.items()}
@@ -149,17 +237,37 @@ def check_inputs(
                 raise ConfigError(
                     f"tensor {name} has shape {headers[role][name][0]} in {role} but {shape} in target", SAME_MODEL
                 )
+    check_tokenizer(base, instruct, target, configs["target"].get("vocab_size"))
     return files
 
 
 # --- the merge -----------------------------------------------------------------------------------
 
 
-def _tokenizer_source(instruct: Path, target: Path) -> tuple[str, Path] | None:
-    for role, folder in (("target", target), ("instruct", instruct)):
-        if any((folder / f).exists() for f in TOKENIZER_FILES):
-            return role, folder
-    return None
+def _copy_model_files(instruct: Path, target: Path, tmp: Path) -> dict:
+    """Config, generation config and tokenizer of the merged model into ``tmp``; returns where each came from."""
+    if (target / INDEX).exists():
+        shutil.copy(target / INDEX, tmp / INDEX)
+    config = _json(target / "config.json", "target")
+    instruct_config = _json(instruct / "config.json", "instruct")
+    special = {k: v for k, v in instruct_config.items() if k in SPECIAL_IDS and v != config.get(k)}
+    (tmp / "config.json").write_text(json.dumps(config | special, indent=2) + "\n")
+    roles = {"instruct": instruct, "target": target}  # the instruct's, where it has them
+    generation_from = next((r for r, f in roles.items() if (f / "generation_config.json").exists()), None)
+    if generation_from is not None:
+        shutil.copy(roles[generation_from] / "generation_config.json", tmp / "generation_config.json")
+    tokenizer_from = next((r for r, f in roles.items() if _has_tokenizer(f)), None)
+    for name in TOKENIZER_FILES if tokenizer_from is not None else ():
+        source = roles[tokenizer_from] / name
+        if source.is_dir():
+            shutil.copytree(source, tmp / name)
+        elif source.exists():
+            shutil.copy(source, tmp / name)
+    return {
+        "tokenizer_from": tokenizer_from,
+        "generation_config_from": generation_from,
+        "config_from_instruct": special,
+    }
 
 
 def merge_residual(
@@ -174,8 +282,11 @@ def merge_residual(
     """Write ``target + alpha * (instruct - base)`` to ``out`` as a model folder and return its ``residual.json``.
 
     Every floating-point tensor is merged in float32 and cast back to the target's dtype; other tensors are
-    the target's. ConfigError (before anything is written) when the three do not match, or when ``out`` is
-    an input or a non-empty folder and ``overwrite`` is false.
+    the target's. ``config.json`` is the target's with the instruct's ``bos_token_id``/``eos_token_id``/
+    ``pad_token_id`` where the instruct's config sets other values; ``generation_config.json`` and the tokenizer
+    files (chat template, special and added tokens) are copied unchanged from the instruct, or from the target
+    where the instruct has none. ConfigError (before anything is written) when the three do not match
+    (``check_inputs``), or when ``out`` is an input or a non-empty folder and ``overwrite`` is false.
     """
     import torch
     from safetensors import safe_open
@@ -220,20 +331,13 @@ def merge_residual(
                         bar.update(1)
                 save_file(merged, tmp / file.name, metadata={"format": "pt"})
             bar.close()
-        for extra in (INDEX, "config.json", "generation_config.json"):
-            if (target / extra).exists():
-                shutil.copy(target / extra, tmp / extra)
-        source = _tokenizer_source(instruct, target)
-        if source is not None:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(source[1], trust_remote_code=False).save_pretrained(tmp)
+        sources = _copy_model_files(instruct, target, tmp)
         record = {
             "base": str(base),
             "instruct": str(instruct),
             "target": str(target),
             "alpha": alpha,
-            "tokenizer_from": source[0] if source else None,
+            **sources,
             "total": {k: math.sqrt(sum(s[k] ** 2 for s in stats.values())) for k in next(iter(stats.values()), {})},
             "tensors": stats,
         }

@@ -1,12 +1,14 @@
-"""`retain residual`: target + α(instruct − base) on tiny random models, the checks that refuse a bad merge,
-the CLI contract (exit 2, one line, nothing written), and the demo end to end."""
+"""`retain residual`: target + α(instruct − base) on tiny random models, the chat template, special tokens and
+stop ids taken from the instruct, the checks that refuse a bad merge, the CLI contract (exit 2, one line,
+nothing written), and the demo end to end."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config
 
 from finetune.residual import merge_residual
 from pretrain.cpt.model import llama_config, train_tokenizer
@@ -58,7 +60,7 @@ def test_merged_weights_are_target_plus_alpha_residual(trio, tmp_path, alpha):
     for name in t:
         assert torch.equal(out[name], t[name].float() + alpha * (i[name].float() - b[name].float())), name
     saved = json.loads((tmp_path / "out" / "residual.json").read_text())
-    assert saved["alpha"] == alpha and saved["base"] == str(base.resolve()) and saved["tokenizer_from"] == "target"
+    assert saved["alpha"] == alpha and saved["base"] == str(base.resolve()) and saved["tokenizer_from"] == "instruct"
     assert saved["total"]["residual_norm"] > 0 and set(saved["tensors"][name]) >= {"residual_norm", "target_norm"}
 
 
@@ -107,6 +109,104 @@ def test_a_sharded_target_is_merged_shard_by_shard(tmp_path, tokenizer):
     t = AutoModelForCausalLM.from_pretrained(target).state_dict()
     b, i = weights(base), weights(instruct)
     assert all(torch.equal(merged[k], t[k] + (i[k] - b[k])) for k in b)
+
+
+SPARE_ROWS = 8  # embedding rows past the base vocabulary, where an instruct model's added tokens go
+PLAIN_TEMPLATE = "{% for m in messages %}{{ m.content }}\n{% endfor %}"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizers(tokenizer, tmp_path_factory):
+    """The tokenizer with a plain chat template (base, target), and with a chat template and an end-of-turn
+    special token <|eot|> in the first spare embedding row (instruct), as Llama-3 style instruct models ship."""
+    folder = tmp_path_factory.mktemp("chat_tok")
+    tokenizer.save_pretrained(folder)
+    plain, chat = AutoTokenizer.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    plain.chat_template, chat.chat_template = PLAIN_TEMPLATE, CHAT_TEMPLATE
+    chat.add_special_tokens({"additional_special_tokens": ["<|eot|>"]})
+    assert chat.convert_tokens_to_ids("<|eot|>") == len(tokenizer)
+    return plain, chat
+
+
+@pytest.fixture
+def chat_trio(tmp_path, tokenizer, chat_tokenizers):
+    """base and target (base plus noise) with the plain template; instruct (base plus noise) with the chat
+    template, stopping at eos or <|eot|> in its config and in its generation config (which samples)."""
+    plain, chat = chat_tokenizers
+    rows, stop = len(tokenizer) + SPARE_ROWS, [tokenizer.eos_token_id, len(tokenizer)]
+    base = save_model(tmp_path / "base", plain, 0, vocab_size=rows)
+    target = save_model(tmp_path / "target", plain, 2, noise_of=base, vocab_size=rows)
+    instruct = save_model(tmp_path / "instruct", chat, 1, noise_of=base, vocab_size=rows, eos_token_id=stop)
+    GenerationConfig(eos_token_id=stop, do_sample=True, temperature=0.6).save_pretrained(instruct)
+    return base, instruct, target
+
+
+def test_merged_model_is_prompted_and_stops_like_the_instruct(chat_trio, tmp_path, tokenizer):
+    base, instruct, target = chat_trio
+    eos, eot = tokenizer.eos_token_id, len(tokenizer)
+    record = merge_residual(base, instruct, target, tmp_path / "out")
+    out = tmp_path / "out"
+    tok = AutoTokenizer.from_pretrained(out)
+    chat = [{"role": "user", "content": "Where was Alda born?"}]
+    rendered = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert rendered == "<|user|>Where was Alda born?<|eot|><|assistant|>"
+    assert AutoTokenizer.from_pretrained(target).apply_chat_template(chat, tokenize=False) == "Where was Alda born?\n"
+    assert tok.encode("<|eot|>", add_special_tokens=False) == [eot] and "<|eot|>" in tok.all_special_tokens
+    generation = GenerationConfig.from_pretrained(out)
+    assert generation.eos_token_id == [eos, eot] and generation.temperature == 0.6
+    # The target's architecture config, with only the instruct's stop ids.
+    assert json.loads((out / "config.json").read_text()) == {
+        **json.loads((target / "config.json").read_text()),
+        "eos_token_id": [eos, eot],
+    }
+    assert {k: record[k] for k in ("tokenizer_from", "generation_config_from", "config_from_instruct")} == {
+        "tokenizer_from": "instruct",
+        "generation_config_from": "instruct",
+        "config_from_instruct": {"eos_token_id": [eos, eot]},
+    }
+    model = AutoModelForCausalLM.from_pretrained(out)
+    b, i, t, merged = weights(base), weights(instruct), weights(target), model.state_dict()
+    assert set(merged) == set(t) and all(torch.equal(merged[k], t[k] + (i[k] - b[k])) for k in t)
+    logits = model(**tok(rendered, return_tensors="pt")).logits
+    assert logits.shape[-1] == len(tokenizer) + SPARE_ROWS and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(
+    "case", ["hidden size", "vocab size", "token ids", "added token past the embedding", "stop id past the embedding"]
+)
+def test_an_incompatible_instruct_is_refused_before_anything_is_written(
+    case, chat_trio, chat_tokenizers, tokenizer, tmp_path
+):
+    base, instruct, target = chat_trio
+    chat, rows, bad = chat_tokenizers[1], len(tokenizer) + SPARE_ROWS, tmp_path / "bad"
+    if case == "hidden size":
+        save_model(bad, chat, 3, vocab_size=rows, hidden_size=48)
+        match = "config field hidden_size: base 32, instruct 48, target 32"
+    elif case == "vocab size":
+        save_model(bad, chat, 3, vocab_size=rows + 1)
+        match = f"config field vocab_size: base {rows}, instruct {rows + 1}, target {rows}"
+    elif case == "token ids":  # a tokenizer trained on other text: same size, other token → id map
+        text = tmp_path / "other.txt"
+        text.write_text("Frage: Wo wurde Alda geboren?\nAntwort: Glenrock\n" * 20)
+        save_model(bad, train_tokenizer([text], 300), 3, noise_of=base, vocab_size=rows)
+        match = r"the target's tokenizer has token .* as id \d+, the instruct's (lacks it|has it as id \d+)"
+    elif case == "added token past the embedding":
+        save_model(bad, chat, 3, noise_of=base, vocab_size=rows)
+        more = AutoTokenizer.from_pretrained(bad)
+        more.add_special_tokens({"additional_special_tokens": [f"<|tool{k}|>" for k in range(SPARE_ROWS)]})
+        more.save_pretrained(bad)
+        match = rf"the instruct's tokenizer token '<\|tool7\|>' is id {rows}, outside the embedding's {rows} rows"
+    else:
+        shutil.copytree(instruct, bad)
+        GenerationConfig(eos_token_id=[tokenizer.eos_token_id, rows]).save_pretrained(bad)
+        match = rf"the instruct's generation_config.json eos_token_id is id {rows}, outside the embedding"
+    with pytest.raises(ConfigError, match=match):
+        merge_residual(base, bad, target, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
 
 
 def test_mismatches_are_refused_with_the_first_difference_named(tmp_path, tokenizer, trio):
