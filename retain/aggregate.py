@@ -3,9 +3,13 @@
 A condition (runs with one label, differing only by seed) gives a score matrix of runs × tasks for each metric
 that has per-task values (the final score of every task for ``average``, every earlier task's forgetting for
 ``forgetting``), and runs × 1 for a metric with one value per run. Each matrix is summarised by its interquartile
-mean (IQM: the mean of the middle 50% of all run × task scores) and its mean, each with a percentile confidence
-interval from rliable's stratified bootstrap (runs are resampled within every task, so a condition whose seeds
-differ task by task gets an interval wider than the spread of its seeds' means). Probability of improvement
+mean (IQM: the mean of the middle 50% of all run × task scores) and its mean, each with a confidence interval:
+rliable's stratified percentile bootstrap, widened to at least Student's t interval of the seeds' means (with few
+seeds a percentile bootstrap cannot reach past the seeds' range). The bootstrap resamples runs within every task,
+so a condition whose seeds differ task by task gets an interval wider than the spread of its seeds' means; the t
+interval (one value per run: its mean over tasks; half-width t_{(1+c)/2, n-1} · s / √n, centred on the mean or
+the IQM) covers what the bootstrap cannot: the seeds' own spread with 2-3 seeds, and seeds that are better or
+worse on every task at once, which resampling every task on its own averages away. Probability of improvement
 P(X > Y) is the chance that a run of X beats a run of Y on a task, averaged over tasks (ties count half).
 
 Intervals are deterministic: the bootstrap is seeded (``SEED``), and the caller's numpy RNG is left as it was.
@@ -25,12 +29,15 @@ import numpy as np
 CONFIDENCE = 0.95  # rliable's default coverage
 REPS = 2000  # bootstrap resamples: a report builds in about a second
 SEED = 0
-METHOD = "rliable stratified bootstrap (percentile)"
+METHOD = "rliable stratified bootstrap (percentile), widened to at least Student's t interval of the seeds' means"
 
 
 def describe(confidence: float = CONFIDENCE) -> str:
     """How intervals are computed, for report headers and console lines."""
-    return f"{confidence:.0%} CI, stratified bootstrap over seeds (rliable)"
+    return (
+        f"{confidence:.0%} CI: rliable's stratified bootstrap, widened to at least Student's t interval of the seeds' "
+        "means"
+    )
 
 
 def score_matrix(rows: Sequence[Sequence[float | None] | float | None]) -> np.ndarray:
@@ -90,8 +97,26 @@ def _intervals(scores, func: Callable, reps: int, confidence: float, seed: int) 
     return np.asarray(cis["scores"], dtype=np.float64).reshape(2, -1)
 
 
+_KEYS = ("iqm", "iqm_ci_low", "iqm_ci_high", "iqm_widened", "mean", "ci_low", "ci_high", "widened")
+
+
 def _empty(n: int = 0, tasks: int = 0) -> dict:
-    return {"n": n, "tasks": tasks, **dict.fromkeys(("iqm", "iqm_ci_low", "iqm_ci_high", "mean", "ci_low", "ci_high"))}
+    return {"n": n, "tasks": tasks, **dict.fromkeys(_KEYS)}
+
+
+def t_half_width(scores: np.ndarray, confidence: float = CONFIDENCE) -> float:
+    """Half-width of Student's t interval of the runs' means (one value per run: its mean over tasks):
+    t_{(1+c)/2, n-1} · s / √n, with s the sample standard deviation; needs two runs or more."""
+    from scipy import stats
+
+    means = np.asarray(scores, dtype=np.float64).mean(axis=1)
+    n = means.size
+    return float(stats.t.ppf((1 + confidence) / 2, n - 1) * means.std(ddof=1) / math.sqrt(n))
+
+
+def _union(point: float, low: float, high: float, half: float) -> tuple[float, float, bool]:
+    """The bootstrap's [low, high] widened to cover [point - half, point + half]; whether it was."""
+    return min(low, point - half), max(high, point + half), bool(point - half < low or point + half > high)
 
 
 def _block_stats(shapes: list[tuple[int, int]]) -> Callable[[np.ndarray], np.ndarray]:
@@ -126,13 +151,15 @@ def estimates(
     confidence: float = CONFIDENCE,
     seed: int = SEED,
 ) -> dict[Hashable, dict]:
-    """IQM and mean of every runs × tasks matrix, each with a stratified-bootstrap CI.
+    """IQM and mean of every runs × tasks matrix, each with a CI: the stratified bootstrap's, widened to at least
+    Student's t interval of the runs' means (``t_half_width``, centred on the mean, or on the IQM for the IQM).
 
-    Returns ``{name: {"n", "tasks", "iqm", "iqm_ci_low", "iqm_ci_high", "mean", "ci_low", "ci_high"}}``: ``n`` is
-    the number of runs (seeds), ``tasks`` the columns; the bounds are None with one run (no interval) and every
-    value is None with none. Matrices with the same number of runs are resampled in one rliable call: the
-    stratified bootstrap draws every column's runs independently, so each matrix gets the interval a call of its
-    own would (up to the random draws), at a fraction of the cost.
+    Returns ``{name: {"n", "tasks", "iqm", "iqm_ci_low", "iqm_ci_high", "iqm_widened", "mean", "ci_low",
+    "ci_high", "widened"}}``: ``n`` is the number of runs (seeds), ``tasks`` the columns; ``widened`` (``iqm_widened``)
+    says the t interval set a bound of the mean's (the IQM's) interval, else both are the bootstrap's. The bounds
+    and flags are None with one run (no interval) and every value is None with none. Matrices with the same number
+    of runs are resampled in one rliable call: the stratified bootstrap draws every column's runs independently, so
+    each matrix gets the interval a call of its own would (up to the random draws), at a fraction of the cost.
     """
     from rliable import metrics as rlm
 
@@ -152,12 +179,20 @@ def estimates(
         cis = _intervals(
             np.concatenate(blocks, axis=1), _block_stats([b.shape for b in blocks]), reps, confidence, seed
         )
-        for j, name in enumerate(names):
-            out[name].update(
-                iqm_ci_low=float(cis[0, j]),
-                iqm_ci_high=float(cis[1, j]),
-                ci_low=float(cis[0, len(names) + j]),
-                ci_high=float(cis[1, len(names) + j]),
+        for j, (name, block) in enumerate(zip(names, blocks)):
+            half = t_half_width(block, confidence)
+            entry = out[name]
+            iqm_low, iqm_high, iqm_widened = _union(entry["iqm"], float(cis[0, j]), float(cis[1, j]), half)
+            low, high, widened = _union(
+                entry["mean"], float(cis[0, len(names) + j]), float(cis[1, len(names) + j]), half
+            )
+            entry.update(
+                iqm_ci_low=iqm_low,
+                iqm_ci_high=iqm_high,
+                iqm_widened=iqm_widened,
+                ci_low=low,
+                ci_high=high,
+                widened=widened,
             )
     return out
 
@@ -173,6 +208,10 @@ def probability_of_improvement(
     ``groups`` are runs × tasks matrices over the same tasks, oriented so that higher is better (negate losses and
     forgetting first). Returns ``[{"x", "y", "p", "ci_low", "ci_high", "n_x", "n_y"}]``; the groups are resampled
     independently (rliable's ``StratifiedIndependentBootstrap``), all pairs from the same resamples.
+
+    The interval is the bootstrap's percentile interval, not widened: with few seeds it has the limitation that
+    ``estimates`` corrects for its means, it cannot reach past what resampling those few runs gives (two groups
+    of 3 seeds that never overlap get [1, 1], though 3 against 3 is weak evidence). Read it with ``n_x``/``n_y``.
     """
     from rliable import metrics as rlm
 

@@ -131,6 +131,38 @@ def test_estimates_are_rliables_stratified_bootstrap_not_clamped_to_the_seeds_me
     assert [est["iqm"], est["mean"]] == pytest.approx(point["g"])
     assert [est["iqm_ci_low"], est["ci_low"]] == pytest.approx(cis["g"][0])
     assert [est["iqm_ci_high"], est["ci_high"]] == pytest.approx(cis["g"][1])
+    assert not est["widened"] and not est["iqm_widened"]  # equal seeds' means: Student's t adds nothing
+
+
+def test_few_seeds_get_at_least_students_t_interval_of_their_means():
+    # 3 seeds, 1 task: a percentile bootstrap cannot leave [0.1, 0.3]; t(0.975, 2) · 0.1 / √3 = 0.2484
+    est = aggregate.estimates({"g": np.array([[0.1], [0.2], [0.3]])})["g"]
+    assert aggregate.t_half_width(np.array([[0.1], [0.2], [0.3]])) == pytest.approx(4.302653 * 0.1 / math.sqrt(3))
+    assert [est["ci_low"], est["ci_high"]] == pytest.approx([0.2 - 0.24841, 0.2 + 0.24841], abs=1e-5)
+    assert [est["iqm_ci_low"], est["iqm_ci_high"]] == pytest.approx([0.2 - 0.24841, 0.2 + 0.24841], abs=1e-5)
+    assert est["ci_low"] < 0.1 and est["ci_high"] > 0.3 and est["widened"] and est["iqm_widened"]
+
+
+def test_seeds_better_on_every_task_widen_the_stratified_bootstrap():
+    # a seed's offset is shared by all its tasks: resampling every task on its own averages it away (an interval
+    # ~√tasks too narrow); the seeds' means keep it
+    offsets = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    scores = offsets[:, None] + np.array([0.1, 0.3, 0.5, 0.7])[None, :]
+    est = aggregate.estimates({"g": scores})["g"]
+    half = aggregate.t_half_width(scores)
+    assert est["widened"] and [est["ci_low"], est["ci_high"]] == pytest.approx([est["mean"] - half, est["mean"] + half])
+
+
+def test_many_seeds_keep_about_the_bootstraps_interval():
+    # 50 seeds: the bootstrap and Student's t are both about ±1.96 s/√n; widening changes the interval by a few %
+    scores = np.random.default_rng(3).normal(0.5, 0.1, (50, 1))
+    est = aggregate.estimates({"g": scores})["g"]
+    np.random.seed(aggregate.SEED)
+    _, cis = rly.get_interval_estimates({"g": scores}, rlm.aggregate_mean, reps=aggregate.REPS)
+    low, high = cis["g"].ravel()
+    assert est["ci_low"] <= low and est["ci_high"] >= high
+    assert est["ci_high"] - est["ci_low"] < 1.1 * (high - low)
+    assert aggregate.t_half_width(scores) == pytest.approx(1.96 * scores.std(ddof=1) / math.sqrt(50), rel=0.05)
 
 
 def test_estimates_batch_matrices_deterministically_and_leave_the_global_rng_alone():
@@ -145,9 +177,12 @@ def test_estimates_batch_matrices_deterministically_and_leave_the_global_rng_alo
     alone = aggregate.estimates({"a": ANTI})["a"]
     assert first["a"]["ci_low"] == pytest.approx(alone["ci_low"], abs=0.05)
     assert first["a"]["iqm_ci_high"] == pytest.approx(alone["iqm_ci_high"], abs=0.05)
-    assert first["b"]["ci_low"] >= 0.0 and first["b"]["ci_high"] <= 1.0  # one task: within the seeds' range
+    # one task, seeds 1, 0, 0.5: the bootstrap stays within [0, 1]; Student's t gives 0.5 ± 4.303 · 0.5 / √3
+    assert [first["b"]["ci_low"], first["b"]["ci_high"]] == pytest.approx([0.5 - 1.2421, 0.5 + 1.2421], abs=1e-4)
+    assert first["b"]["widened"] and not first["a"]["widened"]
     one = first["one"]  # one seed: a value, no interval
     assert one["n"] == 1 and one["mean"] == 0.5 and one["ci_low"] is None and one["iqm_ci_high"] is None
+    assert one["widened"] is None and one["iqm_widened"] is None
     assert first["none"]["n"] == 0 and first["none"]["mean"] is None
     assert aggregate.fmt_stats(first["one"]) == "0.500 n=1"
     assert aggregate.fmt_stats(first["a"], "iqm").endswith(" n=3") and " [" in aggregate.fmt_stats(first["a"])
