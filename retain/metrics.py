@@ -117,17 +117,30 @@ def stability_gap(steps: Sequence[int], scores: Sequence[float], start: float, h
     (steps counted from the stage's start). Returns ``depth`` (how much worse than ``start`` the worst
     evaluation is; 0 when none is worse), ``worst_step``, ``recovery_step``: the first evaluation after
     the worst one that is back at ``start`` or better (None when the stage ends first, or there is no gap),
-    and ``end``: how much worse than ``start`` the last evaluation is (< depth: a partial recovery).
-    Recovery is only as fine-grained as the evaluation grid, which is why the trainer evaluates densely early.
+    ``end``: how much worse than ``start`` the last evaluation is (< depth: a partial recovery), ``regained``:
+    how much of the depth was made up by the last evaluation (depth − max(end, 0)) and ``share_regained``:
+    regained / depth (1: back at the start value or better; None without a gap). Every figure is against the
+    one baseline ``start``. Recovery is only as fine-grained as the evaluation grid, which is why the trainer
+    evaluates densely early.
     """
     sign = 1.0 if higher_is_better else -1.0
     worse = [sign * (start - s) for s in scores]  # > 0: worse than at the start
     end = float(worse[-1]) if worse else 0.0
     if not worse or max(worse) <= 0:
-        return {"depth": 0.0, "worst_step": None, "recovery_step": None, "end": end}
+        none = {"worst_step": None, "recovery_step": None, "share_regained": None}
+        return {"depth": 0.0, **none, "end": end, "regained": 0.0}
     worst = int(np.argmax(worse))
     recovery = next((int(steps[k]) for k in range(worst + 1, len(worse)) if worse[k] <= 0), None)
-    return {"depth": float(worse[worst]), "worst_step": int(steps[worst]), "recovery_step": recovery, "end": end}
+    depth = float(worse[worst])
+    regained = depth - max(end, 0.0)
+    return {
+        "depth": depth,
+        "worst_step": int(steps[worst]),
+        "recovery_step": recovery,
+        "end": end,
+        "regained": regained,
+        "share_regained": regained / depth,
+    }
 
 
 def retention_metrics(rows, initial=None, higher_is_better: bool = True) -> dict:

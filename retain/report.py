@@ -37,6 +37,7 @@ from retain.errors import UserError  # noqa: E402
 from retain.io import write_text_atomic  # noqa: E402
 from retain.metrics import METRIC_KEYS, auc_forward_transfer  # noqa: E402
 from retain.published import SOURCE, published  # noqa: E402
+from retain.report_gaps import BASELINE, GAP_PLOT, gap_lines, plot_gaps  # noqa: E402
 from retain.rundir import CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE  # noqa: E402
 from retain.tracking import read_metrics  # noqa: E402
 
@@ -223,6 +224,7 @@ def write_report(run_dir: str | Path) -> Path:
     metrics = run["results"]["metrics"]
     plot_heatmap(run, out / HEATMAP)
     plot_curves([run], out / CURVES)
+    plot_gaps([run], {label_of(run): [run]}, out / GAP_PLOT)
     direction = (
         "higher is better"
         if run["results"]["higher_is_better"]
@@ -248,7 +250,7 @@ def write_report(run_dir: str | Path) -> Path:
         "",
         f"![results heatmap]({HEATMAP})",
         "",
-        *_gap_lines(run["results"]),
+        *gap_lines(run["results"]),
         *_extra_lines(run["results"]),
         *_probe_lines(run["results"]),
         *_round_lines(run["summary"], run["results"]),
@@ -259,27 +261,6 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     write_text_atomic(out / "report.md", "\n".join(lines))
     return out / "report.md"
-
-
-def _gap_lines(res: dict) -> list[str]:
-    """The stability gap of every task in every stage after the first (runs that record one: retain cpt)."""
-    gaps = res.get("stability_gap") or []
-    if not gaps:
-        return []
-    stages = res.get("stages") or res["tasks"]
-    rows = [
-        f"| {stage} | {task} | {_fmt(g['depth'])} | {g['worst_step']} | {g['recovery_step'] or '—'} | {_fmt(g.get('end'))} |"
-        for stage, per_task in list(zip(stages, gaps))[1:]
-        for task, g in per_task.items()
-        if g.get("depth", 0) > 0
-    ]
-    head = [
-        "## Stability gap (worse than at the stage start; steps counted from the stage start)",
-        "",
-        "| stage | task | depth | worst at | back at start value at | at the stage end |",
-        "|---|---|---|---|---|---|",
-    ]
-    return [*head, *rows, ""] if rows else [head[0], "", "No task got worse during a later stage.", ""]
 
 
 def _extra_lines(res: dict) -> list[str]:
@@ -396,6 +377,14 @@ def _cell(stats: dict | None, kind: str = "mean") -> str:
     return fmt_stats(stats, kind)
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+# The knowledge probes of retain cpt's summaries: seen people (the headline), never-seen people, the chance level.
+KNOWLEDGE = ("knowledge_accuracy", "knowledge_unseen_accuracy", "knowledge_chance")
+
+
 def _per_task_matrices(members: list[dict]) -> tuple[dict, dict]:
     """Per task over the seeds of one group: forgetting and final score; the knowledge-probe accuracy and each
     earlier task's stability gap in every later stage, where the runs recorded them (``retain cpt``). Returns the
@@ -406,25 +395,29 @@ def _per_task_matrices(members: list[dict]) -> tuple[dict, dict]:
         ("forgetting", t): score_matrix([p["forgetting"][j] for p in per]) for j, t in enumerate(tasks[:-1])
     }
     matrices.update({("final", t): score_matrix([p["final"][j] for p in per]) for j, t in enumerate(tasks)})
-    matrices["knowledge_accuracy"] = score_matrix([m["summary"].get("knowledge_accuracy") for m in members])
+    for key in KNOWLEDGE:
+        matrices[key] = score_matrix([m["summary"].get(key) for m in members])
     counts: dict = {}
     gaps = [m["results"].get("stability_gap") for m in members]
     if all(gaps):
-        sign = 1.0 if members[0]["results"]["higher_is_better"] else -1.0
         stages = members[0]["results"].get("stages") or members[0]["summary"].get("stages") or tasks
         for i in range(1, len(gaps[0])):
-            for j, task in enumerate(tasks[:i]):
-                found = [(g[i][task], m["results"]["matrix"]) for g, m in zip(gaps, members) if task in g[i]]
-                # how much of the worst drop the task had made up by the stage's end (all of it: back to the start)
-                regained = [f["depth"] - max(sign * (R[i - 1][j] - R[i][j]), 0.0) for f, R in found]
-                worst = [f["worst_step"] for f, _ in found if f["worst_step"] is not None]
-                key = f"{task} in {stages[i]}"
-                matrices[("gap", key, "depth")] = score_matrix([f["depth"] for f, _ in found])
-                matrices[("gap", key, "regained")] = score_matrix(regained)
+            for name, first in gaps[0][i].items():
+                kind = first.get("kind", "earlier")
+                if kind not in ("earlier", "target", "probe") or not all(name in g[i] for g in gaps):
+                    continue
+                found = [g[i][name] for g in gaps]
+                key = f"{name.removeprefix('probe:')} in {stages[i]}"
+                worst = [f["worst_step"] for f in found if f["worst_step"] is not None]
+                shares = [f.get("share_regained") for f in found if f.get("share_regained") is not None]
+                matrices[("gap", key, "depth")] = score_matrix([f["depth"] for f in found])
+                matrices[("gap", key, "start")] = score_matrix([f.get("start") for f in found])
                 counts[key] = {
+                    "kind": "target" if kind == "probe" else kind,
                     "worst_step": float(np.median(worst)) if worst else None,
-                    "recovered": sum(f["recovery_step"] is not None for f, _ in found if f["depth"] > 0),
-                    "with_gap": sum(f["depth"] > 0 for f, _ in found),
+                    "share_regained": float(np.median(shares)) if shares else None,
+                    "recovered": sum(f["recovery_step"] is not None for f in found if f["depth"] > 0),
+                    "with_gap": sum(f["depth"] > 0 for f in found),
                 }
     return matrices, counts
 
@@ -469,9 +462,9 @@ def _aggregate(members: list[dict], references: dict, per_task: bool) -> tuple[d
         out["per_task"] = {
             "forgetting": {t: stats[("forgetting", t)] for t in tasks[:-1]},
             "final": {t: stats[("final", t)] for t in tasks},
-            "knowledge_accuracy": stats["knowledge_accuracy"],
+            **{key: stats[key] for key in KNOWLEDGE},
             "stability_gap": {
-                key: {"depth": stats[("gap", key, "depth")], "regained": stats[("gap", key, "regained")], **extra}
+                key: {"depth": stats[("gap", key, "depth")], "start": stats[("gap", key, "start")], **extra}
                 for key, extra in counts.items()
             },
         }
@@ -617,7 +610,7 @@ def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
     unit = " (nats)" if results["metric"] == "loss" else ""
     knowledge = any(a["per_task"]["knowledge_accuracy"]["n"] for a in aggregates.values())
     head = [f"forgetting: {t}" for t in tasks[:-1]] + [f"final: {t}" for t in tasks]
-    head += ["knowledge accuracy"] if knowledge else []
+    head += ["knowledge: seen people", "knowledge: never-seen people", "chance"] if knowledge else []
     lines = [
         "",
         f"## Per task{unit}: mean over seeds [{describe()}]",
@@ -632,7 +625,7 @@ def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
     for label, agg in aggregates.items():
         per = agg["per_task"]
         cells = [_cell(per["forgetting"][t]) for t in tasks[:-1]] + [_cell(per["final"][t]) for t in tasks]
-        cells += [_cell(per["knowledge_accuracy"])] if knowledge else []
+        cells += [_cell(per[key]) for key in KNOWLEDGE] if knowledge else []
         lines.append(f"| {label} | {agg['seeds']} | " + " | ".join(cells) + " |")
     keys = list(next(iter(aggregates.values()))["per_task"]["stability_gap"])
     if keys:
@@ -640,21 +633,32 @@ def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
             "",
             f"## Stability gap{unit}: mean over seeds [{describe()}]",
             "",
-            "How an earlier task fared during a later stage: depth, how much worse than at the stage's start it got "
-            "at its worst evaluation; regained, how much of that it had made up by the stage's end; worst at, the "
-            "update of the stage where it was worst (median over seeds); back to start, the seeds whose task came "
-            "back to its stage-start score within the stage.",
-            "",
-            "| group | task in stage | depth | regained | worst at | back to start |",
-            "|---|---|---|---|---|---|",
+            f"{BASELINE} Depth: how much worse than the baseline a domain (or probe: accuracy, higher is better) got "
+            "at its worst point of the stage; worst at: the update of the stage where it was worst, and regained: "
+            "the share of the depth made up by the stage's end (medians over the seeds with a gap); back: the seeds "
+            "whose domain came back to its baseline within the stage.",
         ]
-        for label, agg in aggregates.items():
-            for key, gap in agg["per_task"]["stability_gap"].items():
-                worst = "–" if gap["worst_step"] is None else f"{gap['worst_step']:g}"
-                lines.append(
-                    f"| {label} | {key} | {_cell(gap['depth'])} | {_cell(gap['regained'])} | {worst} "
-                    f"| {gap['recovered']}/{gap['with_gap']} |"
-                )
+        for kind, title in (
+            ("earlier", "Earlier domains (De Lange et al. 2023)"),
+            ("target", "The stage's own domain and probes (Guo et al. 2024)"),
+        ):
+            rows = [
+                f"| {label} | {key} | {_cell(gap['start'])} | {_cell(gap['depth'])} | {_num(gap['worst_step'], 'g')} | "
+                f"{_num(gap['share_regained'], '.2f')} | {gap['recovered']}/{gap['with_gap']} |"
+                for label, agg in aggregates.items()
+                for key, gap in agg["per_task"]["stability_gap"].items()
+                if gap["kind"] == kind
+            ]
+            if rows:
+                lines += [
+                    "",
+                    f"### {title}",
+                    "",
+                    "| group | evaluated in stage | baseline | depth | worst at | regained | back |",
+                    "|---|---|---|---|---|---|---|",
+                    *rows,
+                ]
+        lines += ["", f"![stability gap]({GAP_PLOT})"]
     return lines
 
 
@@ -703,6 +707,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         lines += _per_task_tables(aggregates, runs[0]["results"])
     lines += ["", "## Per-task curves", "", f"![curves]({CURVES})", "", "## Results matrices: mean over seeds", ""]
     plot_curves(runs, out / CURVES)
+    if per_task:
+        plot_gaps(runs, groups, out / GAP_PLOT)
     for k, (label, members) in enumerate(groups.items()):
         mean = _mean_run(members)
         if mean is not None:

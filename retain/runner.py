@@ -203,29 +203,46 @@ class Runner:
 
     # -- evaluation --------------------------------------------------------------------------------------
 
-    def _evaluate(self, current: int, indices: list[int]) -> dict[int, TaskScore]:
-        """Score eval tasks ``indices`` with the weights the method picks, log them and add them to the curves."""
+    def _evaluate(self, current: int, indices: list[int], row: bool = False) -> dict[int, TaskScore]:
+        """Score eval tasks ``indices`` with the weights the method picks and log them. A curve point (``row`` False)
+        is added to the curves; ``row`` True scores a row of R with the learner's ``evaluate_row`` where it has one
+        (CPT: the whole validation split, where curve points use a fixed sample of it), logged as ``eval/<task>/row/``."""
         t0 = time.perf_counter()
         weights = {j: self.method.eval_weights(self, current, j) for j in indices}
-        # evaluations are seeded per task, so the very weights object a method hands out again (reset's model of
-        # a finished task, a fresh model before its task) scores what it scored: reuse it instead of re-running
-        known = {
-            j: self._scored[j][1]
-            for j in indices
-            if weights[j] is not None and j in self._scored and self._scored[j][0] is weights[j]
-        }
-        todo = [j for j in indices if j not in known]
-        scores = {**(self.learner.evaluate(todo, {j: weights[j] for j in todo}) if todo else {}), **known}
-        self._scored.update({j: (weights[j], scores[j]) for j in todo if weights[j] is not None})
+        scorer = getattr(self.learner, "evaluate_row", None) if row else None
+        if scorer is not None:
+            scores = scorer(indices, weights)
+        else:
+            # evaluations are seeded per task, so the very weights object a method hands out again (reset's model
+            # of a finished task, a fresh model before its task) scores what it scored: reuse it instead of re-running
+            known = {
+                j: self._scored[j][1]
+                for j in indices
+                if weights[j] is not None and j in self._scored and self._scored[j][0] is weights[j]
+            }
+            todo = [j for j in indices if j not in known]
+            scores = {**(self.learner.evaluate(todo, {j: weights[j] for j in todo}) if todo else {}), **known}
+            self._scored.update({j: (weights[j], scores[j]) for j in todo if weights[j] is not None})
         seconds = time.perf_counter() - t0
         self.seconds["eval"] += seconds
         step = self.learner.global_step
-        logged = {f"eval/{self.columns[j]}/{k}": v for j in indices for k, v in scores[j].metrics.items()}
+        prefix = "row/" if scorer is not None else ""
+        logged = {f"eval/{self.columns[j]}/{prefix}{k}": v for j in indices for k, v in scores[j].metrics.items()}
         logged["perf/eval_seconds"] = seconds
         self.tracker.log(logged, step)
-        for j in indices:
-            self.curves[self.columns[j]].append([step, scores[j].score])
+        if scorer is None:
+            for j in indices:
+                self.curves[self.columns[j]].append([step, scores[j].score])
         return scores
+
+    def _row(self, current: int) -> list[float]:
+        """A row of R (or the initial scores): every eval task, as ``evaluate_row`` scores it where the learner has
+        one — besides a curve point at the same weights, so curves and their stability gaps stay on one sample."""
+        indices = list(range(len(self.columns)))
+        scores = self._evaluate(current, indices)
+        if hasattr(self.learner, "evaluate_row"):
+            scores = self._evaluate(current, indices, row=True)
+        return [scores[j].score for j in indices]
 
     def _extra_higher_is_better(self, name: str) -> bool:
         """An extra set's direction: the learner's, unless it says otherwise (an LM policy's text loss)."""
@@ -245,37 +262,69 @@ class Runner:
             rows[name] = [s.score for s in scores]
         return rows
 
-    def _probe(self) -> dict[str, float]:
-        if not hasattr(self.learner, "probe"):
+    def _probe(self, point: bool = False) -> dict[str, float]:
+        """The learner's probes now (e.g. knowledge accuracy), logged and added to the probe curves; ``point``: at
+        an evaluation point inside a task, where a learner probes what it says (``probe_point``)."""
+        if point:
+            values = self.learner.probe_point() if hasattr(self.learner, "probe_point") else {}
+        elif hasattr(self.learner, "probe"):
+            values = self.learner.probe()
+        else:
             return {}
-        values = self.learner.probe()
         if values:
-            self.tracker.log({f"eval/{k}": v for k, v in values.items()}, self.learner.global_step)
+            step = self.learner.global_step
+            self.tracker.log({f"eval/{k}": v for k, v in values.items()}, step)
+            for key, value in values.items():
+                self.probe_curves.setdefault(key, []).append([step, value])
         return values
 
+    def _diagonal(self, task: int) -> str | None:
+        """The eval task a task is scored as (R's diagonal): the learner's declaration, else the same index."""
+        declared = getattr(self.learner, "scored_as", None)
+        if declared is not None:
+            return declared[task]
+        return self.columns[task] if task < len(self.columns) else None
+
     def _start(self, task: int, moved: bool) -> None:
-        """Record where ``task`` starts (its stability-gap baseline): the previous row of R, unless the
-        weights just changed, which needs an evaluation here."""
+        """Record where ``task`` starts: the stability gap's one baseline, the curve point (and probes) at the
+        weights the task starts from — the previous task's last evaluation, or a fresh one when the weights
+        just changed (a branch from a checkpoint, a reset)."""
         if moved and task > 0:
             scores = self._evaluate(task, list(range(len(self.columns))))
             start = [scores[j].score for j in range(len(self.columns))]
+            probes = self._probe()
         else:
-            start = list(self.R[task - 1]) if task > 0 else list(self.initial)
+            start = [self.curves[n][-1][1] if self.curves[n] else math.nan for n in self.columns]
+            probes = {k: v[-1][1] for k, v in self.probe_curves.items() if v}
         self.current = {
             "start": start,
             "start_step": self.learner.global_step,
             "curve_start": {n: len(self.curves[n]) for n in self.columns},
+            "probe_start": probes,
+            "probe_curve_start": {k: len(v) for k, v in self.probe_curves.items()},
         }
 
-    def _gaps(self) -> dict[str, dict]:
-        """The stability gap of every eval task over the task just finished (steps from its start)."""
+    def _gaps(self, task: int) -> dict[str, dict]:
+        """The stability gap of every eval task and probe over the task just finished (steps from its start), all
+        against the one baseline ``_start`` recorded. ``kind``: ``target`` (the task's own, Guo et al. 2024),
+        ``earlier`` (a task trained before: De Lange et al. 2023), ``other``, or ``probe`` (higher is better)."""
+        cur = self.current
+        earlier = {self._diagonal(k) for k in range(task)}
         out = {}
         for j, name in enumerate(self.columns):
-            points = self.curves[name][self.current["curve_start"][name] :]
-            steps = [int(step) - self.current["start_step"] for step, _ in points]
-            out[name] = stability_gap(
-                steps, [s for _, s in points], self.current["start"][j], self.learner.higher_is_better
-            )
+            points = self.curves[name][cur["curve_start"][name] :]
+            steps = [int(step) - cur["start_step"] for step, _ in points]
+            kind = "target" if name == self._diagonal(task) else "earlier" if name in earlier else "other"
+            gap = stability_gap(steps, [v for _, v in points], cur["start"][j], self.learner.higher_is_better)
+            out[name] = {**gap, "kind": kind, "start": cur["start"][j]}
+        measured = getattr(self.learner, "probe_gap", lambda key: True)
+        for key, curve in self.probe_curves.items():
+            if key not in cur.get("probe_start", {}) or not measured(key):
+                continue
+            points = curve[cur["probe_curve_start"].get(key, 0) :]
+            steps = [int(step) - cur["start_step"] for step, _ in points]
+            gap = stability_gap(steps, [v for _, v in points], cur["probe_start"][key], True)
+            out[f"probe:{key}"] = {**gap, "kind": "probe", "start": cur["probe_start"][key]}
         return out
 
     # -- checkpoints -------------------------------------------------------------------------------------
@@ -295,6 +344,7 @@ class Runner:
                 "curves": self.curves,
                 "gaps": self.gaps,
                 "probes": self.probes,
+                "probe_curves": self.probe_curves,
                 "current": self.current,
                 "units_done": self.units_done,
                 "boundaries": self.boundaries,
@@ -329,6 +379,7 @@ class Runner:
         r = state["runner"]
         self.R, self.initial, self.extra = r["R"], r["initial"], r["extra"]
         self.curves, self.gaps, self.probes, self.current = r["curves"], r["gaps"], r["probes"], r["current"]
+        self.probe_curves = r.get("probe_curves", {})
         self.units_done, self.boundaries, self.seconds = r["units_done"], r["boundaries"], r["seconds"]
         set_rng_state(state["rng"])
         return int(r["task"]), int(r["chunk"])
@@ -375,9 +426,9 @@ class Runner:
         E = len(self.columns)
         self.R = [[math.nan] * E for _ in range(self.T)]
         self.curves = {n: [] for n in self.columns}
+        self.probe_curves: dict[str, list] = {}
         self.gaps, self.units_done, self.boundaries = [], 0, []
-        scores = self._evaluate(-1, list(range(E)))
-        self.initial = [scores[j].score for j in range(E)]
+        self.initial = self._row(-1)
         sets = self.learner.extra_eval_sets() if hasattr(self.learner, "extra_eval_sets") else {}
         self.extra = {name: {"tasks": list(tasks), "rows": []} for name, tasks in sets.items()}
         for name, row in self._evaluate_extra().items():
@@ -415,6 +466,7 @@ class Runner:
                 elif boundary.evaluate and self.schedule.during != "none":
                     indices = list(range(len(self.columns))) if self.schedule.during == "all" else [i]
                     self._evaluate(i, [j for j in indices if j < len(self.columns)])
+                    self._probe(point=True)
                 if boundary.checkpoint:
                     self._save(i + 1, 0) if last else self._save(i, c + 1)
                 if stop_after is not None and done_here >= stop_after and not (last and i == self.T - 1):
@@ -424,16 +476,16 @@ class Runner:
 
     def _end_task(self, i: int) -> None:
         self.method.after_training(self, i)
-        scores = self._evaluate(i, list(range(len(self.columns))))
-        self.R[i] = [scores[j].score for j in range(len(self.columns))]
-        self.gaps.append(self._gaps())
+        self.R[i] = self._row(i)
+        probes = self._probe()
+        self.gaps.append(self._gaps(i))
         self.tracker.log(
-            {f"eval/{n}/stability_gap_depth": gap["depth"] for n, gap in self.gaps[-1].items()},
+            {f"eval/{n.removeprefix('probe:')}/stability_gap_depth": gap["depth"] for n, gap in self.gaps[-1].items()},
             self.learner.global_step,
         )
         for name, row in self._evaluate_extra().items():
             self.extra[name]["rows"].append(row)
-        self.probes["stages"].append(self._probe())
+        self.probes["stages"].append(probes)
         self.boundaries.append(self.units_done)
         self.method.after_task(self, i)
         done = [self.R[i][j] for j in range(min(i + 1, len(self.columns)))]
@@ -453,6 +505,7 @@ class Runner:
             "curves": self.curves,
             "stability_gap": list(self.gaps),
             "probes": self.probes,
+            "probe_curves": self.probe_curves,
             "task_boundaries": list(self.boundaries),
             "global_step": self.learner.global_step,
             "stopped": stopped,
@@ -488,6 +541,9 @@ class Runner:
         if results["rows"] != results["tasks"]:
             written["stages"] = results["rows"]
         written["stability_gap"] = results["stability_gap"]
+        written["scored_as"] = [self._diagonal(i) for i in range(self.T)]
+        if results["probe_curves"]:
+            written["probe_curves"] = results["probe_curves"]
         if any(results["probes"]["stages"]) or results["probes"]["initial"]:
             written["probes"] = results["probes"]
         if results["extra"]:
@@ -504,7 +560,7 @@ class Runner:
             **{f"{k}_seconds": v for k, v in self.seconds.items()},
             **{k: v for k, v in metrics.items() if k != "per_task"},
             "stability_gap": {
-                row: {task: gap["depth"] for task, gap in gaps.items()}
+                row: {task: gap["depth"] for task, gap in gaps.items() if not task.startswith("probe:")}
                 for row, gaps in zip(results["rows"], results["stability_gap"])
             },
             **({"probes": results["probes"]["stages"][-1]} if written.get("probes") else {}),

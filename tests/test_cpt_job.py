@@ -51,10 +51,25 @@ def test_two_stage_cpt_scores_forgetting_over_sources(tmp_path):
         assert (tmp_path / "run" / name).exists(), name
     # the stability gap and the probes per stage are in results.json and in the report
     assert results["stages"] == ["upstream", "downstream"] and len(results["stability_gap"]) == 2
-    assert set(results["stability_gap"][1]) == {"shakespeare", "bios"}
+    assert results["scored_as"] == ["shakespeare", "bios"]
+    gaps = results["stability_gap"][1]
+    assert {n: g["kind"] for n, g in gaps.items() if not n.startswith("probe:")} == {
+        "shakespeare": "earlier",  # De Lange's gap
+        "bios": "target",  # Guo's, on the loss
+    }
+    assert gaps["probe:bios/knowledge_accuracy"]["kind"] == "probe"  # Guo's, on the task: probed during the stage
+    # one baseline: the stage-start value of every gap is the upstream stage's last curve point
+    curves = results["probe_curves"]["bios/knowledge_accuracy"]
+    assert gaps["probe:bios/knowledge_accuracy"]["start"] == results["probes"]["stages"][0]["bios/knowledge_accuracy"]
+    assert len([step for step, _ in curves if step > 40960 // 512]) > 1  # probed at evaluation points of stage 2
+    probes = results["probes"]["stages"][-1]
+    assert probes["bios/chance"] == 0.25 and {"bios/unseen_accuracy", "bios/seen/qa/accuracy"} <= set(probes)
+    assert summary["knowledge_chance"] == 0.25 and "knowledge_unseen_accuracy" in summary
     assert len(results["probes"]["stages"]) == 2 and "bios/knowledge_accuracy" in results["probes"]["initial"]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Stability gap" in report and "| downstream | " in report.split("## Probes")[1]
+    assert "### Earlier domains (De Lange et al. 2023)" in report and "(Guo et al. 2024)" in report
+    assert (tmp_path / "run" / "stability_gap.png").exists()
 
 
 def test_stages_must_use_known_sources_and_fitting_schedules(tmp_path):

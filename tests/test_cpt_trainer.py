@@ -207,9 +207,11 @@ def test_from_checkpoint_continues_without_rewarming(setup, baseline, tmp_path):
         schedule=schedule,
         inherit=InheritConfig(scheduler=True, from_checkpoint=str(base_dir)),
     )
+    in_stage_order = {"plays": sources["plays"], "bios": sources["bios"]}  # R's column 0 is what stage C trains
     with Tracker(tmp_path / "c") as tracker:
-        result = train_stages(model, sources, [stage], TRAIN, EVAL, tmp_path / "c", tracker, seed=0)
-    assert result["initial"] == result_a["matrix"][-1]  # stage C starts from the baseline's final weights
+        result = train_stages(model, in_stage_order, [stage], TRAIN, EVAL, tmp_path / "c", tracker, seed=0)
+    # stage C starts from the baseline's final weights (the same columns, in the other order)
+    assert result["initial"] == result_a["matrix"][-1][::-1]
     lr = {r["step"]: r["train/lr"] for r in read_metrics(tmp_path / "c") if "train/lr" in r}
     assert min(lr) == 49  # the global step continues from the checkpoint's 48
     assert lr[49] == pytest.approx(0.5e-3)  # 24 steps into the schedule: past warmup and cooldown, no re-warm

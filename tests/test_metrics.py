@@ -217,16 +217,27 @@ def test_probability_of_improvement_of_a_clearly_better_group_and_as_rliable_boo
 def test_stability_gap_of_a_loss_that_rises_then_recovers():
     # validation loss 2.0 at the stage start; re-warming pushes it up to 2.5 at step 20, back below 2.0 at 40
     gap = stability_gap([10, 20, 30, 40, 50], [2.3, 2.5, 2.1, 1.9, 1.8], start=2.0, higher_is_better=False)
-    assert gap == {"depth": pytest.approx(0.5), "worst_step": 20, "recovery_step": 40, "end": pytest.approx(-0.2)}
+    assert gap == {
+        "depth": pytest.approx(0.5),
+        "worst_step": 20,
+        "recovery_step": 40,
+        "end": pytest.approx(-0.2),
+        "regained": pytest.approx(0.5),
+        "share_regained": pytest.approx(1.0),
+    }
 
 
 def test_stability_gap_without_recovery_and_without_a_gap():
     assert stability_gap([5, 10], [0.6, 0.7], start=0.8)["recovery_step"] is None  # success rate fell, stayed low
     assert stability_gap([5, 10], [0.6, 0.7], start=0.8)["depth"] == pytest.approx(0.2)
+    # worst 0.2 below the start, 0.1 below at the end: half of the depth regained, against the same baseline
+    assert stability_gap([5, 10], [0.6, 0.7], start=0.8)["share_regained"] == pytest.approx(0.5)
     assert stability_gap([5, 10], [1.9, 1.5], start=2.0, higher_is_better=False) == {
         "depth": 0.0,
         "worst_step": None,
         "recovery_step": None,
+        "share_regained": None,
         "end": pytest.approx(-0.5),
+        "regained": 0.0,
     }
     assert stability_gap([], [], start=1.0)["depth"] == 0.0

@@ -24,7 +24,9 @@ Sources, detected from the path (or named with ``kind=``):
 
 Whitespace-only documents are skipped. The validation split holds whole documents:
 ``n_val = max(1, round(val_fraction * N))`` of the source's N documents, picked by
-``np.random.default_rng(seed).choice(N, n_val, replace=False)`` over the documents in source order.
+``np.random.default_rng(seed).choice(N, n_val, replace=False)`` over the documents in source order. Or a
+source names its validation documents itself (``val_source``: another file or folder, every document of which is
+validation and none training; e.g. the biographies of people held out of training).
 
 ``TokenDataset`` opens such a folder read-only; ``MixtureSampler`` draws batches of packed windows of
 ``seq_len + 1`` tokens from several datasets by weight, with an exact replay share, and its whole
@@ -34,6 +36,7 @@ position is the step counter.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -317,8 +320,12 @@ def tokenize_source(
     seed: int = 0,
     text_field: str = "text",
     kind: str | None = None,
+    val_source: str | Path | None = None,
 ) -> Path:
     """Tokenize ``source`` into ``out_dir`` (layout in the module docstring) and return ``out_dir``.
+
+    ``val_source`` (same kind as ``source``): the validation split is its documents, all of ``source`` trains
+    (``val_fraction`` must then be 0).
 
     ``tokenizer`` is a transformers tokenizer or a name/path for ``AutoTokenizer.from_pretrained``.
     When ``out_dir`` already holds an intact dataset of the same source bytes (SHA-256 of each file),
@@ -331,6 +338,15 @@ def tokenize_source(
     if shard_tokens < 1 or seed < 0:
         raise ConfigError(f"shard_tokens={shard_tokens}, seed={seed}", "use shard_tokens >= 1 and seed >= 0")
     kind = kind or detect_kind(source)
+    if val_source is not None:
+        val_source = Path(val_source).expanduser().resolve()
+        if val_fraction:
+            raise ConfigError(
+                f"val_fraction={val_fraction} and a val_source ({val_source}) both define the validation split",
+                "pass val_fraction=0 with val_source",
+            )
+        if detect_kind(val_source) != kind:
+            raise DatasetError(f"val_source {val_source} is not a {kind} source like {source}", "give both as one kind")
     if kind not in KINDS:
         raise ConfigError(f"unknown source kind {kind!r}", f"use one of {', '.join(KINDS)}")
     if not source.exists():
@@ -351,10 +367,16 @@ def tokenize_source(
         }
         for f in files
     ]
+    val_info = (
+        [{"path": str(f), "sha256": file_sha256(f), "bytes": f.stat().st_size} for f in source_files(val_source, kind)]
+        if val_source is not None
+        else []
+    )
     tok_info = _tokenizer_info(tokenizer)
     key = {
         "format": FORMAT,
         "source": {"kind": kind, "text_field": text_field, "files": [(f["path"], f["sha256"]) for f in file_info]},
+        **({"val_source": [f["sha256"] for f in val_info]} if val_info else {}),
         "tokenizer": tok_info,
         "val_fraction": val_fraction,
         "seed": seed,
@@ -374,14 +396,21 @@ def tokenize_source(
     num_docs = sum(1 for _ in iter_documents(source, kind, text_field))
     if num_docs == 0:
         raise DatasetError(f"text source {source} has no documents (it is empty or blank)", "add text to it")
-    num_val = max(1, round(val_fraction * num_docs)) if val_fraction > 0 else 0
-    if num_val >= num_docs:
-        raise DatasetError(
-            f"text source {source} has {num_docs} document(s); val_fraction={val_fraction} leaves none for training",
-            "add documents or pass val_fraction=0",
-        )
-    is_val = np.zeros(num_docs, dtype=bool)
-    is_val[np.random.default_rng(seed).choice(num_docs, size=num_val, replace=False)] = True
+    if val_source is not None:
+        num_val = sum(1 for _ in iter_documents(val_source, kind, text_field))
+        if num_val == 0:
+            raise DatasetError(f"val_source {val_source} has no documents", "add text to it")
+        is_val = np.arange(num_docs + num_val) >= num_docs  # the source's documents, then the val_source's
+        num_docs += num_val
+    else:
+        num_val = max(1, round(val_fraction * num_docs)) if val_fraction > 0 else 0
+        if num_val >= num_docs:
+            raise DatasetError(
+                f"text source {source} has {num_docs} document(s); val_fraction={val_fraction} leaves none for training",
+                "add documents or pass val_fraction=0",
+            )
+        is_val = np.zeros(num_docs, dtype=bool)
+        is_val[np.random.default_rng(seed).choice(num_docs, size=num_val, replace=False)] = True
 
     dtype = token_dtype(tok_info["vocab_size"])
     sep = tok_info["separator_id"]
@@ -390,6 +419,8 @@ def tokenize_source(
     with atomic_path(out_dir, directory=True, keep_existing=lambda path: _is_up_to_date(path, fingerprint)) as tmp:
         writers = {split: _ShardWriter(tmp, split, dtype, shard_tokens) for split in SPLITS}
         docs = iter_documents(source, kind, text_field)
+        if val_source is not None:
+            docs = itertools.chain(docs, iter_documents(val_source, kind, text_field))
         index = 0
         while batch := [doc for _, doc in zip(range(ENCODE_BATCH), docs)]:
             for ids in _encode(tokenizer, batch):
@@ -409,13 +440,14 @@ def tokenize_source(
             "dtype": dtype.name,
             "shard_tokens": shard_tokens,
             "source": {"path": str(source), "kind": kind, "text_field": text_field, "files": file_info},
+            **({"val_source": {"path": str(val_source), "files": val_info}} if val_source is not None else {}),
             "split_rule": {
-                "unit": "document",
+                "unit": "document" if val_source is None else "val_source",
                 "val_fraction": val_fraction,
                 "seed": seed,
                 "num_documents": num_docs,
                 "num_val_documents": num_val,
-                "rule": SPLIT_RULE,
+                "rule": SPLIT_RULE if val_source is None else "val = every document of val_source",
             },
             "splits": {split: writer.close() for split, writer in writers.items()},
         }

@@ -89,12 +89,21 @@ class StageConfig:
     replay: dict[str, float] = field(default_factory=dict)
     """replayed sources and the exact share of each batch's rows they take"""
     lr: float = 3e-4
-    """peak learning rate η_max"""
+    """peak learning rate η_max (ignored by schedule name=hold, which holds the previous stage's final rate)"""
+    scored_as: str | None = None
+    """the source this stage is scored as: R's diagonal entry for it (forgetting and plasticity read it). None: the
+    largest ``mix`` entry. Stage i must be scored as source i (the i-th of ``sources``): a mismatch is an error,
+    so reordering ``sources`` cannot silently make forgetting wrong"""
     schedule: ScheduleConfig | None = None
     """the learning-rate schedule over this stage's steps; None: the run's ``schedule`` (``retain cpt`` fills it
     in; ``train_stages`` uses ``ScheduleConfig()``)"""
     inherit: InheritConfig = field(default_factory=InheritConfig)
     """what carries over from the previous stage"""
+    anneal_after_budget: bool = False
+    """an infinite schedule's anneal (anneal_steps) runs after the stage's token budget instead of inside it: the
+    next stage branches from the pre-anneal point, so the trajectory that carries on trained on exactly ``tokens``
+    (token-matched with a per-stage cosine) and the anneal is a side branch whose updates are counted apart.
+    ``retain cpt`` sets it on every infinite stage whose successor branches from its pre-anneal checkpoint"""
 
 
 @dataclass
@@ -138,7 +147,11 @@ class CptEvalConfig:
     sparse_every: int = 100
     """evaluate every this many updates afterwards"""
     val_batches: int = 4
-    """fixed validation batches per source (of TrainConfig.batch_size windows)"""
+    """the fixed sample of each source's validation split scored at every evaluation point inside a stage (the
+    curves and their stability gaps), in batches of TrainConfig.batch_size windows spread evenly over the split;
+    its standard error is logged (eval/<source>/loss_se). Rows of R are scored on the whole split"""
+    row_val_batches: int | None = None
+    """batches scored for a row of R (before stage 0 and at each stage end); None: the whole validation split"""
 
 
 def stage_steps(stage: StageConfig, train: TrainConfig) -> int:
@@ -150,7 +163,15 @@ def stage_steps(stage: StageConfig, train: TrainConfig) -> int:
             f"stage {stage.name!r}: tokens={stage.tokens} is less than one update ({per_step} tokens)",
             "raise the stage's tokens or lower seq_len/batch_size/grad_accum",
         )
-    return steps
+    return steps + branch_anneal_steps(stage)
+
+
+def branch_anneal_steps(stage: StageConfig) -> int:
+    """Updates a stage trains past its budget: its anneal, when it is a branch (``anneal_after_budget``)."""
+    schedule = stage.schedule
+    if stage.anneal_after_budget and schedule is not None and schedule.name == "infinite":
+        return schedule.anneal_steps
+    return 0
 
 
 @torch.no_grad()
@@ -159,8 +180,10 @@ def evaluate(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     parallel: Parallel | None = None,
     bf16: bool = False,
-) -> float:
-    """Mean token cross-entropy of ``model`` over ``batches`` (every target token weighs the same).
+    with_se: bool = False,
+) -> float | tuple[float, float]:
+    """Mean token cross-entropy of ``model`` over ``batches`` (every target token weighs the same); with ``with_se``
+    also its standard error over windows (windows are equally long: std of the window means / sqrt(windows)).
 
     Data-parallel: each process scores its rows of every batch and the sums are added over processes.
     """
@@ -168,17 +191,25 @@ def evaluate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, squares, windows = 0.0, 0, 0.0, 0
     for inputs, targets in batches:
         inputs, targets = parallel.rows(inputs), parallel.rows(targets)
         with autocast(device, bf16):
             logits = model(input_ids=inputs.to(device)).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(device).flatten(), reduction="sum")
-        total += float(loss)
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(device).flatten(), reduction="none").view_as(
+            targets
+        )
+        total += float(losses.sum())
         count += targets.numel()
+        squares += float(losses.mean(1).pow(2).sum())
+        windows += targets.shape[0]
     model.train(was_training)
-    total, count = parallel.sum([total, count])
-    return total / count
+    total, count, squares, windows = parallel.sum([total, count, squares, windows])
+    mean = total / count
+    if not with_se:
+        return mean
+    variance = max(squares / windows - mean**2, 0.0) * windows / max(windows - 1, 1)
+    return mean, math.sqrt(variance / windows)
 
 
 def _resolve_checkpoint(path: str | Path) -> Path:
@@ -208,6 +239,11 @@ def _check_stages(stages: list[StageConfig], names: list[str], train: TrainConfi
         unknown = sorted((set(stage.mix) | set(stage.replay)) - set(names))
         if unknown:
             raise ConfigError(f"stage {stage.name!r} names unknown sources {unknown}", f"use some of {names}")
+        if i == 0 and stage.schedule is not None and stage.schedule.name == "hold":
+            raise ConfigError(
+                f"the first stage {stage.name!r} has schedule hold (the previous stage's final rate), but none precedes it",
+                "give the first stage a schedule that sets its own rate (cosine, constant, ...)",
+            )
         if stage.inherit.from_checkpoint == PRE_ANNEAL:
             previous = stages[i - 1].schedule if i > 0 else None
             if previous is None or not anneal_start(previous, stage_steps(stages[i - 1], train)):
@@ -217,6 +253,27 @@ def _check_stages(stages: list[StageConfig], names: list[str], train: TrainConfi
                     "give the previous stage an infinite schedule with anneal_steps > 0, or a wsd schedule",
                 )
     return [stage_steps(stage, train) for stage in stages]
+
+
+def diagonal(stages: list[StageConfig], names: list[str]) -> list[str]:
+    """The source each stage is scored as (``scored_as``, else its largest ``mix`` entry), checked against R's
+    columns: stage i must be scored as source i (stages past the last source have no diagonal entry), and a
+    stage's source must be one it trains on."""
+    out = []
+    for i, stage in enumerate(stages):
+        scored = stage.scored_as or max(stage.mix, key=lambda n: stage.mix[n])
+        if scored not in stage.mix:
+            raise ConfigError(
+                f"stage {stage.name!r} is scored as {scored!r}, which it does not train on (mix {sorted(stage.mix)})",
+                f"set stages.{i}.scored_as to one of {sorted(stage.mix)}",
+            )
+        if i < len(names) and names[i] != scored:
+            raise ConfigError(
+                f"stage {i} ({stage.name!r}) is scored as source {scored!r}, but R's column {i} is source {names[i]!r}",
+                f"list the sources in stage order (source {i} = {scored!r}), or set stages.{i}.scored_as={names[i]}",
+            )
+        out.append(scored)
+    return out
 
 
 def _shifted(step: int, factor: Any, offset: int) -> float:
@@ -265,12 +322,15 @@ class CptLearner:
         seed: int = 0,
         probe: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         parallel: Parallel | None = None,
+        probe_during: bool = False,
     ):
         self.parallel = parallel or Parallel()
         self.model, self.sources, self.stages, self.train = model, sources, stages, train
         self.tasks = [s.name for s in stages]
         self.eval_tasks = list(sources)
         self.steps_of = _check_stages(stages, self.eval_tasks, train)
+        self.scored_as = diagonal(stages, self.eval_tasks)
+        self.probe_during = probe_during and probe is not None
         self.parallel.check_batch(train.batch_size)
         self.seed, self.probe_fn = seed, probe
         self.ckpt_root = Path(run_dir) / CHECKPOINTS
@@ -285,6 +345,10 @@ class CptLearner:
         self.val = {
             n: sources[n].val_batches(train.seq_len, train.batch_size, eval_cfg.val_batches) for n in self.eval_tasks
         }
+        self.row_val = {
+            n: sources[n].val_batches(train.seq_len, train.batch_size, eval_cfg.row_val_batches)
+            for n in self.eval_tasks
+        }
         seed_everything(seed)
         source = _checkpoint_source(stages, 0, self.ckpt_root) if stages else None
         if source is not None and stages[0].inherit.weights:
@@ -295,6 +359,7 @@ class CptLearner:
         self.scheduler: LRScheduler | None = None
         self.sampler: MixtureSampler | None = None
         self.stage, self.stage_step, self.offset = -1, 0, 0
+        self.stage_lr = stages[0].lr if stages else 0.0  # η_max of the current stage (hold: the previous final rate)
         self.replayed: dict[int, float] = {}
         self.replay_memory: int | None = None
         self.sched_pos = 0  # schedule position where the previous stage stopped (inherit.scheduler)
@@ -364,6 +429,7 @@ class CptLearner:
         src_full = False  # src_opt is this run's live (per-process) state, not a checkpoint's
         src_pos = self.sched_pos
         src_sampler = self.sampler.state_dict() if self.sampler is not None else None
+        src_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None and not self.fresh else None
         source = None if self.fresh else _checkpoint_source(self.stages, i, self.ckpt_root)
         if self.fresh:  # a fresh model for this stage (method=reset): nothing of the previous one carries over
             src_opt, src_sampler = None, None
@@ -374,6 +440,7 @@ class CptLearner:
             src_opt, src_full = c_state.get("optimizer"), True
             src_pos = c_state.get("sched_offset", 0) + c_state.get("scheduler", {}).get("last_epoch", 0)
             src_sampler = c_state.get("sampler")
+            src_lr = (c_state.get("scheduler") or {}).get("_last_lr", [None])[0]
             if inh.step and inh.from_checkpoint != PRE_ANNEAL:  # a branch within this run keeps counting on
                 self._global_step = int(c_state.get("global_step", 0))
         if i > 0 and not inh.weights and not self.fresh:  # back to the weights the run started from
@@ -385,7 +452,15 @@ class CptLearner:
         data_seed, data_step = derive_seed(self.seed, "data", i), 0
         if inh.data_position and src_sampler is not None:
             data_seed, data_step = int(src_sampler["seed"]), int(src_sampler["step"])
-        self.optimizer = _optimizer(model, stage.lr, self.train)
+        self.stage_lr = stage.lr
+        if stage.schedule is not None and stage.schedule.name == "hold":  # no re-warm: where the last stage ended
+            if src_lr is None:
+                raise ConfigError(
+                    f"stage {stage.name!r} holds the previous stage's final rate, but it starts from a fresh model",
+                    "give it a schedule of its own (e.g. constant with stages.<i>.lr)",
+                )
+            self.stage_lr = float(src_lr)
+        self.optimizer = _optimizer(model, self.stage_lr, self.train)
         if inh.optimizer and src_opt is not None:
             _take_moments(model, self.optimizer, src_opt, parallel, full=src_full)
         self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
@@ -465,6 +540,16 @@ class CptLearner:
         self.parallel.barrier()
 
     def evaluate(self, tasks: list[int], weights: dict[int, dict[str, torch.Tensor] | None]) -> dict[int, TaskScore]:
+        """The fixed sample of each source's validation split (an evaluation point of a curve)."""
+        return self._score(tasks, weights, self.val)
+
+    def evaluate_row(
+        self, tasks: list[int], weights: dict[int, dict[str, torch.Tensor] | None]
+    ) -> dict[int, TaskScore]:
+        """The whole validation split of each source (``eval.row_val_batches``): a row of R."""
+        return self._score(tasks, weights, self.row_val)
+
+    def _score(self, tasks: list[int], weights: dict, batches: dict) -> dict[int, TaskScore]:
         out = {}
         own = None
         for j in tasks:
@@ -472,15 +557,33 @@ class CptLearner:
                 if own is None:
                     own = self.weights()
                 self.load_weights(weights[j])
-            loss = evaluate(self.train_model, self.val[self.eval_tasks[j]], self.parallel, self.bf16)
+            loss, se = evaluate(self.train_model, batches[self.eval_tasks[j]], self.parallel, self.bf16, with_se=True)
             if weights.get(j) is not None:
                 self.load_weights(own)
             # perplexity capped: exp overflows on a diverged run
-            out[j] = TaskScore(loss, {"loss": loss, "perplexity": math.exp(min(loss, 50.0))})
+            out[j] = TaskScore(loss, {"loss": loss, "loss_se": se, "perplexity": math.exp(min(loss, 50.0))})
         return out
 
     def probe(self) -> dict[str, float]:
         return self.probe_fn(self.model) if self.probe_fn is not None else {}
+
+    def probe_point(self) -> dict[str, float]:
+        """Probes at an evaluation point inside a stage (``probe_during``): only of the sources trained so far —
+        a domain's knowledge cannot be lost or gained before its own stage, and probing costs forward passes."""
+        if not self.probe_during:
+            return {}
+        trained = self.scored_as[: self.stage + 1]
+        sets = getattr(self.probe_fn, "sets", None)
+        if sets is None:
+            return self.probe_fn(self.model)
+        names = [n for n in sets if n in trained]
+        return self.probe_fn(self.model, names, seen_only=True) if names else {}
+
+    @staticmethod
+    def probe_gap(key: str) -> bool:
+        """The probes whose stability gap is measured: accuracies of what was trained, not the chance level or
+        the never-seen people's."""
+        return key.endswith("knowledge_accuracy") or "/seen/" in key
 
     def named_parameters(self):
         return self.model.named_parameters()
@@ -515,6 +618,7 @@ class CptLearner:
             "data_tasks": self.data_tasks,
             "replayed": {str(k): v for k, v in self.replayed.items()},
             "replay_memory": self.replay_memory,
+            "stage_lr": self.stage_lr,
         }
         return LearnerState(self.parallel.model_state(self.model), state)
 
@@ -525,7 +629,8 @@ class CptLearner:
         self.parallel.load_model_state(self.model, state.weights)
         self.stage, self.stage_step, self._global_step = i, int(s["stage_step"]), int(s["global_step"])
         self.offset, self.data_tasks = int(s["sched_offset"]), list(s["data_tasks"])
-        self.optimizer = _optimizer(self.model, stage.lr, self.train)
+        self.stage_lr = float(s.get("stage_lr", stage.lr))
+        self.optimizer = _optimizer(self.model, self.stage_lr, self.train)
         self.scheduler = _scheduler(self.optimizer, stage.schedule or ScheduleConfig(), self.steps_of[i], self.offset)
         self.replayed = {int(k): v for k, v in s.get("replayed", {}).items()}
         self.replay_memory = s.get("replay_memory")
@@ -590,8 +695,14 @@ class CptLearner:
     def summary(self, results: dict) -> dict[str, Any]:
         out: dict[str, Any] = {"stages": self.tasks, "sources": self.eval_tasks}
         last = results["probes"]["stages"][-1] if results["probes"]["stages"] else {}
-        if "bios/knowledge_accuracy" in last:
-            out["knowledge_accuracy"] = last["bios/knowledge_accuracy"]
+        probed = [k.removesuffix("/knowledge_accuracy") for k in last if k.endswith("/knowledge_accuracy")]
+        if probed:  # the first probed source (bios in the default run): seen people, never-seen people, chance
+            name = probed[0]
+            out["knowledge_source"] = name
+            out["knowledge_accuracy"] = last[f"{name}/knowledge_accuracy"]
+            for key, summary_key in (("unseen_accuracy", "knowledge_unseen_accuracy"), ("chance", "knowledge_chance")):
+                if f"{name}/{key}" in last:
+                    out[summary_key] = last[f"{name}/{key}"]
         return out
 
     def close(self) -> None:

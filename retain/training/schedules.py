@@ -8,6 +8,8 @@ optimizer's learning rate η_max:
   recommend together with replay.
 - ``wsd``: warmup-stable-decay; the decay occupies the last ``decay_fraction`` of the stage.
 - ``constant``: linear warmup, then η_max.
+- ``hold``: no warmup, the rate the previous stage ended at, held (the true "no re-warm" arm of Gupta et al.
+  2023: the learner, not the schedule, knows that rate — CPT sets the stage's η_max to it).
 - ``infinite``: the infinite schedule of Ibrahim et al. 2024 (section 7) and Singh et al. 2025 ("Beyond Cosine
   Decay"): warmup → cooldown to η_const → constant → exponential anneal to η_min over the last
   ``anneal_steps``. Only the first stage warms up and cools down; later stages set ``skip_warmup_and_cooldown``
@@ -21,6 +23,7 @@ Resume a stage by building the scheduler from the same config and ``total_steps`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -30,7 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from retain.errors import ConfigError
 
-NAMES = ("cosine", "wsd", "constant", "infinite")
+NAMES = ("cosine", "wsd", "constant", "infinite", "hold")
 DECAY_TYPES = ("cosine", "linear", "1-sqrt")  # exactly what transformers' get_wsd_schedule accepts
 COOLDOWN_TYPES = ("cosine", "inv_sqrt")
 
@@ -40,11 +43,13 @@ class ScheduleConfig:
     """The learning-rate schedule of one continual-pretraining stage (all rates are ratios of η_max)."""
 
     name: str = "cosine"
-    """cosine | wsd | constant | infinite"""
-    warmup_steps: int = 0
-    """linear warmup from 0 to η_max, in optimizer steps (steps, not a fraction of the stage: warmup exists
-    to let Adam's moment estimates settle, which takes a number of updates whatever the stage's length; it is
-    also how cooldown_steps and anneal_steps are counted). Ignored by infinite when skip_warmup_and_cooldown"""
+    """cosine | wsd | constant | infinite | hold"""
+    warmup_fraction: float | None = None
+    """linear warmup over this share of the stage's updates (rounded; the papers' unit: Gupta et al. 2023 sweep 0,
+    0.5, 1 and 2%), unless ``warmup_steps`` is set"""
+    warmup_steps: int | None = None
+    """linear warmup from 0 to η_max, in optimizer steps; when set it overrides ``warmup_fraction`` (None: the
+    fraction's, or no warmup without one). Ignored by infinite when skip_warmup_and_cooldown"""
     min_lr_ratio: float = 0.1
     """η_min/η_max in (0, 1]: where cosine and wsd end and where the infinite schedule's anneal ends
     (0.1 is the usual LLM choice, e.g. 3e-4 → 3e-5 in Ibrahim et al. 2024)"""
@@ -62,12 +67,31 @@ class ScheduleConfig:
     10% of the cooldown); it is not a value taken from the papers"""
     const_lr_ratio: float = 0.55
     """infinite: η_const/η_max in (0, 1], the rate held across stages (Ibrahim et al. 2024 hold 1.65e-4 after
-    a 3e-4 peak, i.e. 0.55)"""
+    a 3e-4 peak, i.e. 0.55); ignored when const_lr is set"""
+    const_lr: float | None = None
+    """infinite: η_const as an absolute rate (<= the stage's η_max) instead of a ratio of it"""
     anneal_steps: int = 0
     """infinite: K, the last steps of the stage that anneal η_const → η_min exponentially; 0 = no anneal in
     this stage (anneal only before a checkpoint you mean to evaluate or release)"""
     skip_warmup_and_cooldown: bool = False
     """infinite only: start this stage at η_const (every stage after the first), with no warmup or cooldown"""
+
+
+def resolved(cfg: ScheduleConfig, total_steps: int, base_lr: float | None = None) -> ScheduleConfig:
+    """``cfg`` with what depends on the stage made concrete: ``warmup_steps`` (from ``warmup_fraction`` when it is
+    None), and ``const_lr_ratio`` from an absolute ``const_lr`` (given the stage's η_max ``base_lr``)."""
+    if cfg.warmup_fraction is not None and not 0 <= cfg.warmup_fraction < 1:
+        raise ConfigError(f"warmup_fraction={cfg.warmup_fraction} is not in [0, 1)", "use e.g. 0.01 (1% of the stage)")
+    out = dataclasses.replace(cfg)
+    if cfg.warmup_steps is None:
+        out.warmup_steps = round(cfg.warmup_fraction * total_steps) if cfg.warmup_fraction is not None else 0
+    if cfg.const_lr is not None and base_lr is not None:
+        if not 0 < cfg.const_lr <= base_lr:
+            raise ConfigError(
+                f"const_lr={cfg.const_lr} is not in (0, η_max={base_lr}]", "use 0 < const_lr <= the stage's lr"
+            )
+        out.const_lr_ratio, out.const_lr = cfg.const_lr / base_lr, None
+    return out
 
 
 def check_schedule(cfg: ScheduleConfig, total_steps: int) -> None:
@@ -79,6 +103,9 @@ def check_schedule(cfg: ScheduleConfig, total_steps: int) -> None:
         raise ConfigError(f"unknown schedule name={cfg.name!r}", f"use one of {', '.join(NAMES)}")
     if total_steps < 1:
         raise ConfigError(f"total_steps={total_steps}: a stage needs at least one step", "train for >= 1 step")
+    cfg = resolved(cfg, total_steps)
+    if cfg.name == "hold" and cfg.warmup_steps:
+        raise ConfigError("schedule name=hold does not warm up", "set warmup_steps=0 (and warmup_fraction=null)")
     for field in ("warmup_steps", "cooldown_steps", "anneal_steps"):
         if getattr(cfg, field) < 0:
             raise ConfigError(f"{field}={getattr(cfg, field)} is negative", f"use {field} >= 0")
@@ -142,6 +169,7 @@ def anneal_start(cfg: ScheduleConfig, total_steps: int) -> int | None:
     """The update at which the schedule starts its final decay to η_min (infinite's anneal, wsd's decay),
     or None when it has none: the step before it is the *pre-anneal* checkpoint that later stages may branch
     from (continue at the stable rate on new data, instead of from an annealed model)."""
+    cfg = resolved(cfg, total_steps)
     if cfg.name == "infinite" and cfg.anneal_steps > 0:
         return total_steps - cfg.anneal_steps
     if cfg.name == "wsd":
@@ -200,6 +228,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total
     )
 
     check_schedule(cfg, total_steps)
+    cfg = resolved(cfg, total_steps, optimizer.param_groups[0]["lr"])
     if cfg.name == "cosine":
         return get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps, min_lr_rate=cfg.min_lr_ratio
@@ -213,7 +242,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total
             decay_type=cfg.decay_type,
             min_lr_ratio=cfg.min_lr_ratio,
         )
-    if cfg.name == "constant":
+    if cfg.name in ("constant", "hold"):
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=cfg.warmup_steps)
     return LambdaLR(optimizer, partial(infinite_lr_factor, cfg=cfg, total_steps=total_steps))
 
