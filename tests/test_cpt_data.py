@@ -437,3 +437,58 @@ def test_parquet_without_the_text_column_names_file_and_columns(tokenizer, tmp_p
         tokenize_source(source, tokenizer, tmp_path / "tok")
     out = tokenize_source(source, tokenizer, tmp_path / "tok", val_fraction=0.5, text_field="body")
     assert TokenDataset(out).manifest["source"]["text_field"] == "body"
+
+
+# --- a validation split of its own (val_source) ----------------------------------------------------
+
+
+def test_val_source_is_the_whole_validation_split_and_nothing_of_it_trains(tokenizer, tmp_path):
+    train_docs, val_docs = make_docs(30, seed=1), [f"held out {d}" for d in make_docs(7, seed=2)]
+    train_file = write_source("text", tmp_path / "train", train_docs)
+    val_file = write_source("text", tmp_path / "val", val_docs)
+    out = tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0, val_source=val_file)
+    ds = TokenDataset(out)
+    # every document of each file, in order, on its own side
+    assert split_docs(ds, "train", tokenizer) == train_docs
+    assert split_docs(ds, "val", tokenizer) == val_docs
+    rule = ds.manifest["split_rule"]
+    assert rule["unit"] == "val_source"
+    assert (rule["num_documents"], rule["num_val_documents"]) == (37, 7)
+    assert ds.manifest["val_source"]["path"] == str(val_file.resolve())
+    assert ds.manifest["val_source"]["files"][0]["sha256"] == hashlib.sha256(val_file.read_bytes()).hexdigest()
+    assert ds.manifest["splits"]["val"]["num_documents"] == 7
+
+
+def test_val_source_with_a_val_fraction_or_of_another_kind_is_refused(tokenizer, tmp_path):
+    train_file = write_source("text", tmp_path / "train", make_docs(10, seed=1))
+    val_file = write_source("text", tmp_path / "val", make_docs(3, seed=2))
+    with pytest.raises(ConfigError, match="val_fraction"):
+        tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0.1, val_source=val_file)
+    val_jsonl = write_source("jsonl", tmp_path / "val_jsonl", make_docs(3, seed=2))
+    with pytest.raises(DatasetError, match="val_source"):
+        tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0, val_source=val_jsonl)
+    empty = tmp_path / "empty" / "val.txt"
+    empty.parent.mkdir()
+    empty.write_text("\n \n")
+    with pytest.raises(DatasetError, match="no documents"):
+        tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0, val_source=empty)
+    assert not (tmp_path / "tok").exists()  # nothing was written by any refused call
+
+
+def test_a_changed_val_source_retokenizes_and_an_unchanged_one_does_not(tokenizer, tmp_path):
+    train_file = write_source("text", tmp_path / "train", make_docs(20, seed=1))
+    val_file = write_source("text", tmp_path / "val", make_docs(4, seed=2))
+    out = tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0, val_source=val_file)
+    first, before = TokenDataset(out).manifest["fingerprint"], file_state(out)
+    tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0, val_source=val_file)
+    assert file_state(out) == before  # the same bytes: nothing is written
+
+    write_source("text", tmp_path / "val", [*make_docs(4, seed=2), "one more held-out document."])
+    tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0, val_source=val_file)
+    ds = TokenDataset(out)
+    assert ds.manifest["fingerprint"] != first
+    assert split_docs(ds, "val", tokenizer)[-1] == "one more held-out document."
+    # the same training file split by val_fraction instead is yet another dataset
+    tokenize_source(train_file, tokenizer, tmp_path / "tok", val_fraction=0.1)
+    assert TokenDataset(out).manifest["fingerprint"] not in (first, ds.manifest["fingerprint"])
+    assert TokenDataset(out).manifest["split_rule"]["unit"] == "document"

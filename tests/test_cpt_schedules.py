@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from retain.errors import ConfigError
-from retain.training.schedules import ScheduleConfig, build_scheduler, check_schedule, infinite_lr_factor, lr_at
+from retain.training.schedules import (
+    ScheduleConfig,
+    anneal_start,
+    build_scheduler,
+    check_schedule,
+    infinite_lr_factor,
+    lr_at,
+    resolved,
+)
 
 ETA = 3e-4  # η_max
 T = 100
@@ -254,3 +262,85 @@ def test_infinite_resumes_from_a_weights_only_state_dict():
     optimizer2.step()
     resumed.step()
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(lr(cfg, 76))
+
+
+# ---- warmup as a fraction, hold, absolute η_const ----
+
+
+@pytest.mark.parametrize("name", ["cosine", "constant"])
+def test_warmup_fraction_resolves_to_steps_of_the_stage(name):
+    cfg = ScheduleConfig(name=name, warmup_fraction=0.01)
+    assert resolved(cfg, 200).warmup_steps == 2
+    assert cfg.warmup_steps is None  # resolved returns a copy
+    assert lr_at(cfg, 200, ETA, [0, 1, 2]) == pytest.approx([0.0, ETA / 2, ETA])
+    assert lr_at(cfg, 200, ETA, [0])[0] == 0.0
+    # the same fraction of a longer stage is a longer warmup
+    assert lr_at(cfg, 1000, ETA, [5, 10]) == pytest.approx([ETA / 2, ETA])
+    assert resolved(ScheduleConfig(name=name), 200).warmup_steps == 0  # neither set: no warmup
+
+
+def test_warmup_steps_override_warmup_fraction():
+    cfg = ScheduleConfig(name="cosine", warmup_fraction=0.01, warmup_steps=8)
+    assert resolved(cfg, 200).warmup_steps == 8
+    assert lr_at(cfg, 200, ETA, [2, 4, 8]) == pytest.approx([ETA / 4, ETA / 2, ETA])
+    assert resolved(ScheduleConfig(warmup_fraction=0.5, warmup_steps=0), 200).warmup_steps == 0
+
+
+@pytest.mark.parametrize("fraction", [-0.01, 1.0, 1.5])
+def test_warmup_fraction_outside_0_1_is_refused(fraction):
+    with pytest.raises(ConfigError, match="warmup_fraction"):
+        check_schedule(ScheduleConfig(warmup_fraction=fraction), T)
+
+
+def test_hold_is_a_constant_multiplier_of_one_without_warmup():
+    cfg = ScheduleConfig(name="hold")
+    assert lr_at(cfg, 50, ETA, range(51)) == pytest.approx([ETA] * 51)
+    assert lr_at(cfg, 50, ETA, [0])[0] == ETA  # no warmup: the very first update runs at the held rate
+    assert anneal_start(cfg, 50) is None
+
+
+@pytest.mark.parametrize("fields", [dict(warmup_steps=3), dict(warmup_fraction=0.1)])
+def test_hold_refuses_a_warmup(fields):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=ETA)
+    with pytest.raises(ConfigError, match="hold") as err:
+        build_scheduler(optimizer, ScheduleConfig(name="hold", **fields), 50)
+    assert "warmup" in err.value.fix
+    check_schedule(ScheduleConfig(name="hold", warmup_steps=0), 50)  # an explicit 0 is fine
+
+
+def test_absolute_const_lr_is_the_same_schedule_as_its_ratio():
+    phases = dict(name="infinite", warmup_steps=10, cooldown_steps=20, min_lr_ratio=0.1, anneal_steps=30)
+    absolute = ScheduleConfig(**phases, const_lr=5e-4)
+    ratio = ScheduleConfig(**phases, const_lr_ratio=0.5)
+    assert absolute.const_lr_ratio == 0.55  # the default ratio, which const_lr must override
+    assert lr_at(absolute, T, 1e-3, range(T + 1)) == pytest.approx(lr_at(ratio, T, 1e-3, range(T + 1)))
+    assert lr_at(absolute, T, 1e-3, [50])[0] == pytest.approx(5e-4)
+    # absolute: the same η_const whatever the stage's peak
+    assert lr_at(absolute, T, 2e-3, [50])[0] == pytest.approx(5e-4)
+    skip = ScheduleConfig(name="infinite", const_lr=5e-4, skip_warmup_and_cooldown=True)
+    assert lr_at(skip, T, 1e-3, [0, T]) == pytest.approx([5e-4, 5e-4])
+    got = resolved(absolute, T, 1e-3)
+    assert got.const_lr is None and got.const_lr_ratio == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("const_lr", [2e-3, 0.0, -1e-4])
+def test_const_lr_outside_0_eta_max_is_refused(const_lr):
+    cfg = ScheduleConfig(name="infinite", const_lr=const_lr)
+    with pytest.raises(ConfigError, match="const_lr"):
+        lr_at(cfg, T, 1e-3, [0])
+    assert lr_at(ScheduleConfig(name="infinite", const_lr=1e-3), T, 1e-3, [T]) == pytest.approx([1e-3])  # = η_max
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="schedules.py build_scheduler runs check_schedule(cfg, total_steps) before resolving const_lr against "
+    "the optimizer's lr, so the anneal-direction check compares min_lr_ratio with the default const_lr_ratio "
+    "(0.55), not const_lr/η_max: an upward anneal is accepted (and a valid one refused)",
+)
+def test_an_absolute_const_lr_below_min_lr_is_refused_like_its_ratio():
+    # const_lr 5e-5 of η_max 1e-3 is the ratio 0.05, below min_lr_ratio 0.1: the anneal would go *up*
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ConfigError, match="min_lr_ratio"):
+        build_scheduler(optimizer, ScheduleConfig(**{**INFINITE, "const_lr_ratio": 0.05}), T)
+    with pytest.raises(ConfigError, match="min_lr_ratio"):
+        build_scheduler(optimizer, ScheduleConfig(**INFINITE, const_lr=5e-5), T)

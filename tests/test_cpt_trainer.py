@@ -320,3 +320,150 @@ def test_a_diverging_stage_stops_with_a_clear_error_and_keeps_its_checkpoints(se
         _train(setup, tmp_path, stages, train=train)
     assert "stages.1.lr" in error.value.fix and error.value.keep_outputs
     assert (tmp_path / "checkpoints" / "latest.json").exists()  # stage A's end is kept, ready to resume
+
+
+# --- R's diagonal: which source each stage is scored as --------------------------------------------
+
+
+def test_a_stage_scored_as_another_column_is_refused_before_training(setup, tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(trainer_mod.CptLearner, "train_chunk", lambda self, *a: trained.append(a))
+    stages = _stages(steps=4)
+    stages[0].mix, stages[1].mix = {"plays": 1.0}, {"bios": 1.0}  # sources are [bios, plays]: the other order
+    stages[1].replay = {}
+    with pytest.raises(ConfigError, match="R's column 0 is source 'bios'") as err:
+        _train(setup, tmp_path, stages)
+    assert "stage 0 ('A') is scored as source 'plays'" in err.value.problem
+    assert "scored_as" in err.value.fix
+    assert trained == [] and read_metrics(tmp_path) == [] and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("scored_as", ["plays", "nowhere"])
+def test_scored_as_a_source_the_stage_does_not_train_on_is_refused(setup, tmp_path, scored_as):
+    stages = _stages(steps=4)
+    stages[0].scored_as = scored_as  # stage A trains bios only
+    with pytest.raises(ConfigError, match="which it does not train on") as err:
+        _train(setup, tmp_path, stages)
+    assert "stages.0.scored_as" in err.value.fix and "bios" in err.value.fix
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_diagonal_is_scored_as_else_the_largest_mix_entry():
+    mostly_plays = StageConfig("A", 1, mix={"plays": 0.7, "bios": 0.3})
+    then_plays = StageConfig("B", 1, mix={"plays": 1.0})
+    with pytest.raises(ConfigError, match="R's column 0"):
+        trainer_mod.diagonal([mostly_plays, then_plays], ["bios", "plays"])
+    mostly_plays.scored_as = "bios"  # a minority source can be declared the stage's own
+    assert trainer_mod.diagonal([mostly_plays, then_plays], ["bios", "plays"]) == ["bios", "plays"]
+    # stages past the last source have no column to match
+    extra = StageConfig("C", 1, mix={"bios": 1.0})
+    assert trainer_mod.diagonal([mostly_plays, then_plays, extra], ["bios", "plays"]) == ["bios", "plays", "bios"]
+
+
+# --- hold: the no-re-warm arm ------------------------------------------------------------------------
+
+
+def _hold_stages(steps: int) -> list[StageConfig]:
+    return [
+        StageConfig(
+            "A",
+            steps * TOKENS_PER_STEP,
+            mix={"bios": 1.0},
+            lr=1e-3,
+            schedule=ScheduleConfig(name="cosine", warmup_steps=2, min_lr_ratio=0.1),
+        ),
+        # its own lr is ignored: it holds where A ended, 1e-3 * 0.1
+        StageConfig("B", steps * TOKENS_PER_STEP, mix={"plays": 1.0}, lr=3e-3, schedule=ScheduleConfig(name="hold")),
+    ]
+
+
+def _lrs(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["train/lr"] for r in read_metrics(run_dir) if "train/lr" in r}
+
+
+def test_hold_keeps_the_previous_stages_final_rate_through_the_stage_and_a_resume(setup, tmp_path):
+    tok, sources = setup
+    lr = {}
+    for name, stops in (("whole", [None]), ("resumed", [15, None])):  # a checkpoint at 15 = B's 7th update
+        run_dir = tmp_path / name
+        for k, stop in enumerate(stops):
+            offset = tracker_resume_offset(run_dir) if k else None
+            with Tracker(run_dir, resume_offset=offset) as tracker:
+                result = train_stages(
+                    _model(tok),
+                    sources,
+                    _hold_stages(8),
+                    TRAIN,
+                    EVAL,
+                    run_dir,
+                    tracker,
+                    seed=0,
+                    resume=k > 0,
+                    stop_after=stop,
+                )
+            assert result["stopped"] == (stop is not None)
+        assert result["global_step"] == 16
+        lr[name] = _lrs(run_dir)
+    whole = lr["whole"]
+    assert sorted(whole) == list(range(1, 17))
+    assert whole[1] == 0.0 and whole[3] == pytest.approx(1e-3) and whole[8] > 1.5e-4  # A: warmup, then cosine
+    assert [whole[s] for s in range(9, 17)] == pytest.approx([1e-4] * 8, rel=1e-9)  # B: A's final rate, held
+    assert lr["resumed"] == pytest.approx(whole, rel=1e-12)
+    assert (tmp_path / "resumed" / "checkpoints" / "step_000000000015").exists()  # B was resumed from inside
+
+
+def test_hold_is_refused_in_a_first_stage_and_after_a_fresh_model(setup, tmp_path):
+    stages = _hold_stages(4)
+    with pytest.raises(ConfigError, match="first stage 'B' has schedule hold"):
+        _train(setup, tmp_path / "first", stages[1:])
+    assert read_metrics(tmp_path / "first") == []
+    # method=reset starts every stage from the fresh model: there is no rate to hold
+    with pytest.raises(ConfigError, match="holds the previous stage's final rate") as err:
+        _train(setup, tmp_path / "reset", stages, method={"name": "reset"})
+    assert "schedule of its own" in err.value.fix
+
+
+# --- token-matched infinite branches -----------------------------------------------------------------
+
+
+def test_branch_anneal_steps_count_only_a_flagged_infinite_anneal():
+    infinite = ScheduleConfig(name="infinite", warmup_steps=2, cooldown_steps=2, const_lr_ratio=0.5, anneal_steps=4)
+    stage = StageConfig("A", 8 * TOKENS_PER_STEP, mix={"bios": 1.0}, schedule=infinite, anneal_after_budget=True)
+    assert trainer_mod.branch_anneal_steps(stage) == 4 and trainer_mod.stage_steps(stage, TRAIN) == 12
+    stage.anneal_after_budget = False  # the anneal inside the budget
+    assert trainer_mod.branch_anneal_steps(stage) == 0 and trainer_mod.stage_steps(stage, TRAIN) == 8
+    wsd = StageConfig("W", 8 * TOKENS_PER_STEP, mix={"bios": 1.0}, schedule=ScheduleConfig(name="wsd"))
+    wsd.anneal_after_budget = True  # only the infinite schedule's anneal moves past the budget
+    assert trainer_mod.stage_steps(wsd, TRAIN) == 8
+
+
+def test_a_token_matched_infinite_branch_anneals_past_the_budget(setup, tmp_path):
+    infinite = ScheduleConfig(name="infinite", warmup_steps=2, cooldown_steps=2, const_lr_ratio=0.5, anneal_steps=4)
+    budget = 8
+    stages = [
+        StageConfig(
+            "A", budget * TOKENS_PER_STEP, mix={"bios": 1.0}, lr=1e-3, schedule=infinite, anneal_after_budget=True
+        ),
+        StageConfig(
+            "B",
+            4 * TOKENS_PER_STEP,
+            mix={"plays": 1.0},
+            lr=1e-3,
+            schedule=ScheduleConfig(name="infinite", const_lr_ratio=0.5, skip_warmup_and_cooldown=True),
+            inherit=InheritConfig(from_checkpoint="pre_anneal"),
+        ),
+    ]
+    result = _train(setup, tmp_path, stages)
+    lr = sorted(_lrs(tmp_path).items())
+    stage_a = [rate for step, rate in lr if step <= budget + 4]
+    assert len(stage_a) == budget + 4  # the budget, then the anneal on top of it
+    assert stage_a[2:4] == pytest.approx([1e-3, 0.75e-3])  # warmed up, cooling down...
+    assert stage_a[4 : budget + 1] == pytest.approx([0.5e-3] * (budget - 3))  # ...η_const to the budget's end
+    assert all(a > b for a, b in zip(stage_a[budget:], stage_a[budget + 1 :]))  # then the anneal, down
+    saved = list((tmp_path / "checkpoints" / "pre_anneal" / "A").glob("step_*"))
+    assert [p.name for p in saved] == [f"step_{budget:012d}"]  # the branch point is the budget's end
+    assert load_checkpoint(saved[0])[1]["learner"]["stage_step"] == budget
+    stage_b = [(step, rate) for step, rate in lr if step > budget + 4]
+    assert [step for step, _ in stage_b] == [13, 14, 15, 16]
+    assert [rate for _, rate in stage_b] == pytest.approx([0.5e-3] * 4)  # η_const from its first update: no re-warm
+    assert result["global_step"] == 16
