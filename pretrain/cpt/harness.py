@@ -269,13 +269,35 @@ def _limit(text: str) -> int | float:
     return int(value) if value >= 1 and value.is_integer() else value
 
 
+def run_bios(model_dir: Path) -> Path | None:
+    """The biographies folder of the ``retain cpt`` run whose ``model/`` this is (its first ``builtin:bios``
+    source, regenerated from the run's config when missing: the corpus is deterministic); None otherwise."""
+    config = Path(model_dir).expanduser().resolve().parent / "config.yaml"
+    if Path(model_dir).name != "model" or not config.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    from pretrain.cpt.job import _builtin
+
+    cfg = OmegaConf.load(config)
+    for source in (cfg.get("sources") or {}).values():
+        if str(source.get("path", "")).split(":")[:2] == ["builtin", "bios"]:
+            return _builtin(source.path.split(":", 1)[1], cfg)[0].parent
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pretrain.cpt.harness",
+        prog="retain cpt-eval",
         description="lm-evaluation-harness on a `retain cpt` model: the biography probes and any local harness task.",
     )
     parser.add_argument("model_dir", type=Path, help="a transformers model folder, e.g. <run_dir>/model")
-    parser.add_argument("--bios", type=Path, help="the biographies folder holding probes.jsonl (the retain_bios tasks)")
+    parser.add_argument(
+        "--bios",
+        type=Path,
+        help="the biographies folder holding probes.jsonl (the retain_bios tasks); default: the run's own, when "
+        "model_dir is a retain cpt run's model/",
+    )
     parser.add_argument("--tasks", help="comma-separated task, group or tag names (default: retain_bios)")
     parser.add_argument(
         "--include-path", action="append", type=Path, default=[], help="a folder of task YAMLs (repeatable)"
@@ -290,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, help="default: harness.json beside <run_dir>/model, else in the model folder"
     )
     args = parser.parse_args(argv)
+    if args.bios is None:
+        args.bios = run_bios(args.model_dir)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     if args.threads:
         import torch

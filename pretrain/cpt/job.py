@@ -74,9 +74,9 @@ class SourceConfig:
 class BiosConfig:
     """The synthetic knowledge corpus (builtin:bios)."""
 
-    people: int = 300
+    people: int = 100
     """fictional people"""
-    paraphrases: int = 4
+    paraphrases: int = 8
     """biographies per person, each in other words (more raise how well facts can be extracted in new words:
     Allen-Zhu & Li 2023)"""
     held_out: float = 0.1
