@@ -331,12 +331,6 @@ def test_const_lr_outside_0_eta_max_is_refused(const_lr):
     assert lr_at(ScheduleConfig(name="infinite", const_lr=1e-3), T, 1e-3, [T]) == pytest.approx([1e-3])  # = η_max
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schedules.py build_scheduler runs check_schedule(cfg, total_steps) before resolving const_lr against "
-    "the optimizer's lr, so the anneal-direction check compares min_lr_ratio with the default const_lr_ratio "
-    "(0.55), not const_lr/η_max: an upward anneal is accepted (and a valid one refused)",
-)
 def test_an_absolute_const_lr_below_min_lr_is_refused_like_its_ratio():
     # const_lr 5e-5 of η_max 1e-3 is the ratio 0.05, below min_lr_ratio 0.1: the anneal would go *up*
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)

@@ -234,9 +234,12 @@ def test_rewarming_to_a_high_lr_opens_a_stability_gap_on_the_old_domain(setup, t
     assert len(gaps) == 2 and set(gaps[1]) == {"bios", "plays"}
     bios_gap = gaps[1]["bios"]
     assert bios_gap["depth"] > 0 and bios_gap["worst_step"] is not None
-    # the depth is the worst bios loss of stage B over where stage B started (the end of stage A)
+    # the depth is the worst bios loss of stage B over where stage B started: the end of stage A, on the curve's
+    # fixed validation sample (R's row is the whole split; one baseline for every point of the gap)
     in_b = [loss for step, loss in result["curves"]["bios"] if step > 80]
-    assert bios_gap["depth"] == pytest.approx(max(in_b) - result["matrix"][0][0])
+    start = next(loss for step, loss in reversed(result["curves"]["bios"]) if step == 80)
+    assert bios_gap["start"] == start and bios_gap["kind"] == "earlier"
+    assert bios_gap["depth"] == pytest.approx(max(in_b) - start)
     logged = [r for r in read_metrics(tmp_path) if "eval/bios/stability_gap_depth" in r]
     assert [r["step"] for r in logged] == [80, 100]
 

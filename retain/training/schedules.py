@@ -135,7 +135,8 @@ def check_schedule(cfg: ScheduleConfig, total_steps: int) -> None:
                 "shorten the phases or train the stage longer",
             )
         # The anneal goes from η_const down to η_min; upwards it would undo what it is for.
-        if cfg.anneal_steps > 0 and cfg.min_lr_ratio > cfg.const_lr_ratio:
+        # (an absolute const_lr is checked where η_max is known: build_scheduler resolves it first)
+        if cfg.anneal_steps > 0 and cfg.const_lr is None and cfg.min_lr_ratio > cfg.const_lr_ratio:
             raise ConfigError(
                 f"min_lr_ratio={cfg.min_lr_ratio} is above const_lr_ratio={cfg.const_lr_ratio}",
                 "use min_lr_ratio <= const_lr_ratio",
@@ -227,8 +228,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total
         get_wsd_schedule,
     )
 
+    cfg = resolved(cfg, total_steps, optimizer.param_groups[0]["lr"])  # an absolute const_lr as its ratio
     check_schedule(cfg, total_steps)
-    cfg = resolved(cfg, total_steps, optimizer.param_groups[0]["lr"])
     if cfg.name == "cosine":
         return get_cosine_with_min_lr_schedule_with_warmup(
             optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps, min_lr_rate=cfg.min_lr_ratio
