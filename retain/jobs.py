@@ -53,6 +53,11 @@ JOBS: dict[str, Job] = {
         "pretrain.cpt.job:CptJobConfig",
         "continual pretraining of a language model over stages; forgetting per text domain",
     ),
+    "cpt-eval": Job(
+        "pretrain.cpt.harness:main",
+        None,
+        "lm-evaluation-harness on a cpt model: the biography probes as local tasks, plus any harness task (retain[harness])",
+    ),
     "residual": Job(
         "finetune.residual_job:run_residual",
         "finetune.residual_job:ResidualJobConfig",
@@ -62,11 +67,6 @@ JOBS: dict[str, Job] = {
         "envs.data_cli:main", None, "list datasets, or show one's episodes, steps, returns, success and spaces"
     ),
     "report": Job("retain.report:main", None, "rebuild report.md and plots of run directories, or compare runs"),
-    "cpt-eval": Job(
-        "pretrain.cpt.harness:main",
-        None,
-        "lm-evaluation-harness on a cpt model: the biography probes as local tasks, plus any harness task (retain[harness])",
-    ),
 }
 
 

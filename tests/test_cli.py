@@ -18,7 +18,7 @@ def test_unknown_job(cli):
     proc = cli("trian")
     assert proc.returncode == 2
     assert error_lines(proc) == [
-        "retain: error: unknown job 'trian' — choose one of demo, sequence, collect, pretrain, label, cpt, residual, data, report "
+        "retain: error: unknown job 'trian' — choose one of demo, sequence, collect, pretrain, label, cpt, cpt-eval, residual, data, report "
         "(`retain --help` lists them)"
     ]
 
