@@ -70,6 +70,25 @@ def test_two_stage_cpt_scores_forgetting_over_sources(tmp_path):
     assert "## Stability gap" in report and "| downstream | " in report.split("## Probes")[1]
     assert "### Earlier domains (De Lange et al. 2023)" in report and "(Guo et al. 2024)" in report
     assert (tmp_path / "run" / "stability_gap.png").exists()
+    _tokenizer_never_saw_a_later_domain(tmp_path / "run", tmp_path / "data")
+
+
+def _tokenizer_never_saw_a_later_domain(run_dir, data_dir):
+    """The tokenizer of a run is trained on its first stage's sources only: every piece BPE learnt occurs in
+    Shakespeare, and words only the biographies hold stay split (they would be single tokens otherwise)."""
+    from transformers import AutoTokenizer
+
+    from pretrain.cpt.corpora import FIRST, LAST
+
+    assert json.loads((run_dir / "tokenizer" / "trained_on.json").read_text())["sources"] == ["shakespeare"]
+    plays = "\n".join(f.read_text() for f in sorted(data_dir.glob("cpt/shakespeare-chunks*/*.txt")))
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    pieces = [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.get_vocab()]
+    learnt = [p for p in pieces if len(p.strip()) >= 4 and p != "<|endoftext|>"]
+    assert learnt and all(p in plays for p in learnt)
+    bios_only = [w for w in FIRST + LAST if len(w) >= 6 and w not in plays]
+    assert len(bios_only) >= 5
+    assert all(len(tokenizer.encode(" " + w, add_special_tokens=False)) > 1 for w in bios_only)
 
 
 def test_stages_must_use_known_sources_and_fitting_schedules(tmp_path):
