@@ -12,14 +12,14 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from transformers import AutoConfig
 
-from pretrain.cpt.job import job_stages, run_cpt
-from pretrain.cpt.trainer import stage_steps
+from pretrain.cpt.job import describe, job_stages, run_cpt
+from pretrain.cpt.trainer import diagonal, stage_steps
 from retain.config import config_dir, load_config
 from retain.jobs import register_job_schemas
 from retain.metrics import continual_metrics
 from retain.report import compare_runs
 from retain.sweep_report import summary_lines, sweep_runs
-from retain.training.schedules import check_schedule
+from retain.training.schedules import check_schedule, resolved
 from tests.test_cpt_job import TINY as CPT_TINY
 
 CONFIGS = config_dir()
@@ -49,6 +49,8 @@ def validate(cfg) -> None:
         check_schedule(stage.schedule, stage_steps(stage, train))
         assert set(stage.mix) | set(stage.replay) <= set(cfg.sources), stage.name
     assert len(stages) == len(cfg.sources)
+    diagonal(stages, list(cfg.sources))  # stage i is scored as source i
+    assert len(describe(cfg)) == len(stages) + 2  # the report's "What was run" can be written for it
 
 
 def hydra_config(overrides: list[str]):
@@ -71,8 +73,31 @@ def test_the_default_run_is_unchanged():
         ("upstream", 2_000_000, {"shakespeare": 1.0}, {}, 1e-3),
         ("downstream", 1_000_000, {"bios": 1.0}, {"shakespeare": 0.05}, 1e-3),
     ]
-    assert (cfg.schedule.name, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio) == ("cosine", 50, 0.1)
+    schedule = cfg.schedule
+    assert (schedule.name, schedule.warmup_fraction, schedule.warmup_steps, schedule.min_lr_ratio) == (
+        "cosine",
+        0.01,  # the papers' ~1% of a stage
+        None,
+        0.1,
+    )
+    assert (cfg.bios.people, cfg.bios.paraphrases, cfg.bios.held_out) == (100, 8, 0.1)
     validate(cfg)
+
+
+def test_rewarm_arms_are_gupta_et_al_s_grid_with_a_true_no_rewarm_arm():
+    """Warmup 0 / 0.5 / 1 / 2% of the downstream stage at the upstream peak, η_max at three levels around it, and
+    no re-warm: the downstream stage holds the rate the upstream stage ended at."""
+    arms = {}
+    for overrides in sweep_settings("cpt_rewarm"):
+        cfg = load_config("cpt", ["experiment=cpt_rewarm", *overrides])
+        upstream, downstream = job_stages(cfg)
+        steps = stage_steps(downstream, OmegaConf.to_object(cfg.train))
+        arms[cfg.name] = (downstream.lr, downstream.schedule.name, resolved(downstream.schedule, steps).warmup_steps)
+        assert describe(cfg)[2].startswith("- stage `downstream`")
+    assert steps == 200 and upstream.lr == 1e-3
+    assert sorted(arms.values()) == sorted(
+        [(1e-3, "cosine", w) for w in (0, 1, 2, 4)] + [(3e-4, "cosine", 2), (3e-3, "cosine", 2), (1e-3, "hold", 0)]
+    )
 
 
 @pytest.mark.parametrize("group", ["model", "data", "schedule"])

@@ -332,11 +332,10 @@ def describe(cfg: DictConfig) -> list[str]:
 def _schedule_text(stage: StageConfig, updates: int) -> str:
     """A stage's schedule in words, with only the fields its shape reads and where each rate comes from."""
     sched = resolved(stage.schedule, updates + branch_anneal_steps(stage))
-    warmup = f"warmup {sched.warmup_steps} updates" + (
-        f" ({stage.schedule.warmup_fraction:g} of the stage)" if stage.schedule.warmup_steps is None else ""
-    )
     if sched.name == "hold":
         return "`hold`: the previous stage's final rate, constant (no re-warm)"
+    fraction = stage.schedule.warmup_fraction if stage.schedule.warmup_steps is None else None
+    warmup = f"warmup {sched.warmup_steps} updates" + (f" ({fraction:g} of the stage)" if fraction is not None else "")
     if sched.name == "cosine":
         return f"`cosine`: {warmup}, then cosine decay to {sched.min_lr_ratio:g}·η_max"
     if sched.name == "constant":
