@@ -185,7 +185,7 @@ def test_losses_and_forgetting_improve_downwards(tmp_path):
     gap = comparison["groups"]["cpt · low"]["per_task"]["stability_gap"]["t0 in t1"]
     assert gap["depth"]["n"] == 3 and gap["depth"]["mean"] == pytest.approx(0.4) and gap["recovered"] == 3
     report = (tmp_path / "cmp" / "report.md").read_text()
-    assert "## Stability gap (nats): mean over seeds [95% CI" in report and "knowledge accuracy" in report
+    assert "## Stability gap (nats): mean over seeds [95% CI" in report and "knowledge: seen people" in report
     assert all(n for n in INTERVAL.findall(report))
     lines = summary_lines(tmp_path / "cmp")  # what a sweep prints: mean [CI] n=seeds
     assert lines[0].startswith("  cpt · low: t0 forgetting ") and " n=3" in lines[0] and "t2 final" in lines[0]
