@@ -639,7 +639,7 @@ def _per_task_tables(aggregates: dict, results: dict) -> list[str]:
             "whose domain came back to its baseline within the stage.",
         ]
         for kind, title in (
-            ("earlier", "Earlier domains (De Lange et al. 2023)"),
+            ("earlier", "Earlier domains and their probes (De Lange et al. 2023)"),
             ("target", "The stage's own domain and probes (Guo et al. 2024)"),
         ):
             rows = [

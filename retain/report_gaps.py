@@ -29,7 +29,7 @@ BASELINE = (
     "a fresh one after a branch), on the same fixed validation sample as every point; probes: the same probes there."
 )
 KINDS = {
-    "earlier": "earlier domains (De Lange et al. 2023)",
+    "earlier": "earlier domains and their probes (De Lange et al. 2023)",
     "target": "the stage's own domain and its probes (Guo et al. 2024)",
 }
 
@@ -41,8 +41,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def _kind(name: str, gap: dict) -> str:
-    """``earlier`` or ``target`` (a probe counts with its stage's domain); results written before kinds existed
-    hold earlier tasks only."""
+    """``earlier`` or ``target``: a probe of a domain counts with its domain, a probe of no domain with the
+    stage's own; results written before kinds existed hold earlier tasks only."""
     kind = gap.get("kind", "earlier")
     return "target" if kind == "probe" else kind
 

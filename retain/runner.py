@@ -307,24 +307,33 @@ class Runner:
     def _gaps(self, task: int) -> dict[str, dict]:
         """The stability gap of every eval task and probe over the task just finished (steps from its start), all
         against the one baseline ``_start`` recorded. ``kind``: ``target`` (the task's own, Guo et al. 2024),
-        ``earlier`` (a task trained before: De Lange et al. 2023), ``other``, or ``probe`` (higher is better)."""
+        ``earlier`` (a task trained before: De Lange et al. 2023) or ``other`` (not trained yet); a probe named
+        ``<eval task>/...`` takes its task's kind (probes of a task not trained yet are left out), any other probe
+        is ``probe``. Probe gaps have ``"probe": True`` and are higher-is-better."""
         cur = self.current
         earlier = {self._diagonal(k) for k in range(task)}
+
+        def kind_of(name: str) -> str:
+            return "target" if name == self._diagonal(task) else "earlier" if name in earlier else "other"
+
         out = {}
         for j, name in enumerate(self.columns):
             points = self.curves[name][cur["curve_start"][name] :]
             steps = [int(step) - cur["start_step"] for step, _ in points]
-            kind = "target" if name == self._diagonal(task) else "earlier" if name in earlier else "other"
             gap = stability_gap(steps, [v for _, v in points], cur["start"][j], self.learner.higher_is_better)
-            out[name] = {**gap, "kind": kind, "start": cur["start"][j]}
+            out[name] = {**gap, "kind": kind_of(name), "start": cur["start"][j]}
         measured = getattr(self.learner, "probe_gap", lambda key: True)
         for key, curve in self.probe_curves.items():
             if key not in cur.get("probe_start", {}) or not measured(key):
                 continue
+            source = key.split("/")[0]
+            kind = kind_of(source) if source in self.columns else "probe"
+            if kind == "other":
+                continue
             points = curve[cur["probe_curve_start"].get(key, 0) :]
             steps = [int(step) - cur["start_step"] for step, _ in points]
             gap = stability_gap(steps, [v for _, v in points], cur["probe_start"][key], True)
-            out[f"probe:{key}"] = {**gap, "kind": "probe", "start": cur["probe_start"][key]}
+            out[f"probe:{key}"] = {**gap, "kind": kind, "probe": True, "start": cur["probe_start"][key]}
         return out
 
     # -- checkpoints -------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_two_stage_cpt_scores_forgetting_over_sources(tmp_path):
         "shakespeare": "earlier",  # De Lange's gap
         "bios": "target",  # Guo's, on the loss
     }
-    assert gaps["probe:bios/knowledge_accuracy"]["kind"] == "probe"  # Guo's, on the task: probed during the stage
+    assert gaps["probe:bios/knowledge_accuracy"]["kind"] == "target"  # Guo's, on the task: probed during the stage
     # one baseline: the stage-start value of every gap is the upstream stage's last curve point
     curves = results["probe_curves"]["bios/knowledge_accuracy"]
     assert gaps["probe:bios/knowledge_accuracy"]["start"] == results["probes"]["stages"][0]["bios/knowledge_accuracy"]
@@ -68,7 +68,7 @@ def test_two_stage_cpt_scores_forgetting_over_sources(tmp_path):
     assert len(results["probes"]["stages"]) == 2 and "bios/knowledge_accuracy" in results["probes"]["initial"]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Stability gap" in report and "| downstream | " in report.split("## Probes")[1]
-    assert "### Earlier domains (De Lange et al. 2023)" in report and "(Guo et al. 2024)" in report
+    assert "### Earlier domains and their probes (De Lange et al. 2023)" in report and "(Guo et al. 2024)" in report
     assert (tmp_path / "run" / "stability_gap.png").exists()
     _tokenizer_never_saw_a_later_domain(tmp_path / "run", tmp_path / "data")
 

@@ -470,3 +470,22 @@ def test_a_token_matched_infinite_branch_anneals_past_the_budget(setup, tmp_path
     assert [step for step, _ in stage_b] == [13, 14, 15, 16]
     assert [rate for _, rate in stage_b] == pytest.approx([0.5e-3] * 4)  # η_const from its first update: no re-warm
     assert result["global_step"] == 16
+
+
+def test_a_probe_of_a_domain_has_its_domains_kind_in_the_stability_gap(setup, tmp_path):
+    """A probe named after a source counts with it: the earlier domain's probe is De Lange's gap, the stage's own
+    domain's is Guo's; a probe of a domain not trained yet gets none."""
+    calls = []
+
+    def probe(model):
+        calls.append(1)
+        return {"bios/knowledge_accuracy": 0.5 - 0.1 * len(calls), "plays/knowledge_accuracy": 0.3, "quiz/acc": 0.2}
+
+    result = _train(setup, tmp_path, _stages(steps=4), probe=probe)
+    first, second = result["stability_gap"]
+    assert first["probe:bios/knowledge_accuracy"]["kind"] == "target" and "probe:plays/knowledge_accuracy" not in first
+    assert second["probe:bios/knowledge_accuracy"]["kind"] == "earlier"  # stage B trains plays
+    assert second["probe:bios/knowledge_accuracy"]["depth"] == pytest.approx(0.1)  # 0.3 at the start, 0.2 at the end
+    assert second["probe:plays/knowledge_accuracy"]["kind"] == "target"
+    assert second["probe:plays/knowledge_accuracy"]["probe"] is True
+    assert "probe:quiz/acc" not in second  # the CPT learner measures the gaps of knowledge accuracies only
