@@ -96,7 +96,12 @@ def test_stages_must_use_known_sources_and_fitting_schedules(tmp_path):
         run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'a'}", *TINY, "+stages.1.mix.wiki=1.0"]))
     with pytest.raises(ConfigError, match="warmup_steps"):
         run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'b'}", *TINY, "schedule.warmup_steps=1000"]))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    swapped = ["+stages.0.mix.bios=2.0"]  # stage 0 now mostly bios: scored as bios, not as column 0
+    with pytest.raises(ConfigError, match="R's column 0 is source 'shakespeare'"):  # stages no longer in source order
+        run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'c'}", *TINY, *swapped]))
+    with pytest.raises(ConfigError, match="the first stage .upstream. has schedule hold"):
+        run_cpt(load_config("cpt", [f"run_dir={tmp_path / 'd'}", *TINY, "schedule=hold", "schedule.warmup_steps=0"]))
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_sigkill_then_resume_gives_the_same_final_weights(tmp_path):

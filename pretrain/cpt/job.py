@@ -36,6 +36,8 @@ from pretrain.cpt.trainer import (
     TrainConfig,
     as_stage_results,
     branch_anneal_steps,
+    check_stages,
+    diagonal,
     runner_schedule,
     stage_steps,
 )
@@ -225,7 +227,8 @@ def _check(cfg: DictConfig) -> None:
     train = OmegaConf.to_object(cfg.train)
     use_bf16(train.precision, torch.device("cpu"))  # raises on an unknown precision
     runner_schedule(train, OmegaConf.to_object(cfg.eval)).check()
-    for stage in job_stages(cfg):
+    stages = job_stages(cfg)
+    for stage in stages:
         check_schedule(stage.schedule, stage_steps(stage, train))  # before anything is written
         for name in list(stage.mix) + list(stage.replay):
             if name not in cfg.sources:
@@ -233,6 +236,8 @@ def _check(cfg: DictConfig) -> None:
                     f"stage {stage.name} uses source {name!r}, which is not in sources",
                     f"use one of {', '.join(cfg.sources)}",
                 )
+    check_stages(stages, list(cfg.sources), train)  # hold first, pre_anneal without an anneal
+    diagonal(stages, list(cfg.sources))  # stage i is scored as source i
 
 
 class KnowledgeProbe:

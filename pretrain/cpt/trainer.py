@@ -233,7 +233,7 @@ def _checkpoint_source(stages: list[StageConfig], i: int, ckpt_root: Path) -> Pa
     return _resolve_checkpoint(name)
 
 
-def _check_stages(stages: list[StageConfig], names: list[str], train: TrainConfig) -> list[int]:
+def check_stages(stages: list[StageConfig], names: list[str], train: TrainConfig) -> list[int]:
     """Each stage's number of updates, after checking what can be checked before anything runs."""
     for i, stage in enumerate(stages):
         unknown = sorted((set(stage.mix) | set(stage.replay)) - set(names))
@@ -328,7 +328,7 @@ class CptLearner:
         self.model, self.sources, self.stages, self.train = model, sources, stages, train
         self.tasks = [s.name for s in stages]
         self.eval_tasks = list(sources)
-        self.steps_of = _check_stages(stages, self.eval_tasks, train)
+        self.steps_of = check_stages(stages, self.eval_tasks, train)
         self.scored_as = diagonal(stages, self.eval_tasks)
         self.probe_during = probe_during and probe is not None
         self.parallel.check_batch(train.batch_size)
