@@ -40,6 +40,10 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float | int) else str(value)
 
 
+def _step(value) -> str:
+    return "–" if value is None else f"{value:g}"
+
+
 def _kind(name: str, gap: dict) -> str:
     """``earlier`` or ``target``: a probe of a domain counts with its domain, a probe of no domain with the
     stage's own; results written before kinds existed hold earlier tasks only."""
@@ -58,13 +62,14 @@ def gap_lines(res: dict) -> list[str]:
         "## Stability gap (steps counted from the stage start)",
         "",
         f"{BASELINE} Depth: how much worse than the baseline the worst point is ({res['metric']}: {direction} is "
-        "better; probes: higher is better); regained: the share of the depth made up by the stage's last point.",
+        "better; probes: higher is better); regained: the share of the depth made up by the stage's last point; at "
+        "the stage end: how much worse than the baseline the last point is (negative: better).",
         "",
     ]
     for kind, title in KINDS.items():
         rows = [
             f"| {stage} | {name.removeprefix('probe:')} | {_fmt(g.get('start'))} | {_fmt(g['depth'])} | "
-            f"{_fmt(g['worst_step'])} | {_fmt(g['recovery_step'])} | {_fmt(g.get('share_regained'), 2)} | "
+            f"{_step(g['worst_step'])} | {_step(g['recovery_step'])} | {_fmt(g.get('share_regained'), 2)} | "
             f"{_fmt(g.get('end'))} |"
             for stage, per_task in list(zip(stages, gaps))[1:]
             for name, g in per_task.items()
