@@ -129,3 +129,11 @@ def test_load_probes_draws_whole_people_per_group_reproducibly(corpus):
     unseen = {p["person"] for p in load_probes(folder, per_group=100) if not p["seen"]}
     assert unseen == {p["person"] for p in everything if not p["seen"]} and len(unseen) == 4
     assert len(load_probes(folder, per_group=100)) == len(everything)
+
+
+def test_a_subset_scores_as_the_same_probes_tokenized_afresh(corpus):
+    folder, tok, model = corpus
+    probes = load_probes(folder, per_group=3)
+    seen = ProbeSet(probes, tok).subset(lambda q: q["seen"])
+    assert seen.probes == [q for q in probes if q["seen"]]
+    assert seen.score(model) == ProbeSet(seen.probes, tok).score(model)

@@ -253,7 +253,7 @@ class KnowledgeProbe:
             if source.path.split(":")[:2] == ["builtin", "bios"] and cfg.bios.probes > 0
         }
         self.sets = {name: ProbeSet(p, tokenizer) for name, p in probes.items()}
-        self.seen = {name: ProbeSet([q for q in p if q["seen"]], tokenizer) for name, p in probes.items()}
+        self.seen = {name: probes.subset(lambda q: q["seen"]) for name, probes in self.sets.items()}
 
     def __call__(self, model, names: list[str] | None = None, seen_only: bool = False) -> dict[str, float]:
         sets = self.seen if seen_only else self.sets

@@ -50,6 +50,15 @@ class ProbeSet:
                 self.rows.append((k, prompt + continuation, len(continuation)))
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    def subset(self, keep) -> ProbeSet:
+        """The probes for which ``keep(probe)`` is true, sharing this set's tokenized rows (no second encoding)."""
+        out = object.__new__(ProbeSet)
+        index = {k: i for i, k in enumerate(k for k, probe in enumerate(self.probes) if keep(probe))}
+        out.probes = [self.probes[k] for k in index]
+        out.rows = [(index[k], ids, n) for k, ids, n in self.rows if k in index]
+        out.pad = self.pad
+        return out
+
     @property
     def chance(self) -> float:
         return float(np.mean([1 / len(p["choices"]) for p in self.probes])) if self.probes else float("nan")
